@@ -1,0 +1,190 @@
+"""Runs a Plan: attempts with tenacity retries, fallback to the next deployment, one span per attempt.
+
+Retry and fallback happen only before the commit point. For a unary call that is the whole call;
+for a stream it is the first chunk that carries content or a tool call (`open_stream`): after it
+the client has bytes and the answer can no longer change hands.
+"""
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from tenacity import AsyncRetrying, RetryCallState, stop_never
+
+from gateway.runtime import Runtime
+from gateway.telemetry import tracer
+from policies.retry import Step, next_step
+from policies.router import Candidate, Plan
+from providers.base import Call, Provider
+from providers.errors import GatewayError, NoEligibleRoute, UpstreamSilent
+
+R = TypeVar("R")
+C = TypeVar("C")
+
+Attempt = Callable[[Provider, Call], Awaitable[R]]
+
+
+@dataclass(slots=True)
+class Answer(Generic[R]):
+    result: R
+    candidate: Candidate
+    attempts: int
+    """Upstream attempts this request made, over all deployments."""
+
+
+@dataclass(slots=True)
+class Committed(Generic[C]):
+    """A stream past its commit point: the chunks read so far, and the rest still to read."""
+
+    held: list[C]
+    rest: AsyncIterator[C]
+    ended: bool
+
+
+@dataclass(slots=True)
+class Request:
+    """What dispatch needs to know about the client request."""
+
+    request_id: str
+    operation: str
+    """GenAI operation name: chat, text_completion, embeddings."""
+    deadline: float
+    runtime: Runtime
+    plan: Plan
+
+
+async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
+    """Try the plan's candidates in order; raise the FIRST error when none answers.
+
+    The first error is what the client needs to see (the primary's 503, not a fallback's 400 about
+    a parameter it does not support).
+    """
+    first_error: GatewayError | None = None
+    attempts = 0
+    candidates = req.plan.candidates
+    for index, candidate in enumerate(candidates):
+        provider = req.runtime.providers[candidate.model.provider]
+        is_last = index == len(candidates) - 1
+        counter = _Counter()
+        try:
+            result = await _with_retries(req, candidate, provider, attempt, counter, is_last)
+        except GatewayError as error:
+            attempts += counter.n
+            first_error = first_error or error
+            if getattr(error, "escalade_step", None) == "fail" or time.monotonic() >= req.deadline:
+                break
+            continue
+        return Answer(result=result, candidate=candidate, attempts=attempts + counter.n)
+    raise first_error or NoEligibleRoute(f"route {req.plan.route} has no deployment to try")
+
+
+class _Counter:
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+async def _with_retries(
+    req: Request, candidate: Candidate, provider: Provider, attempt: Attempt[R], counter: _Counter, is_last: bool
+) -> R:
+    conf = req.runtime.policy.retries
+    timeouts = req.runtime.policy.timeouts
+
+    def decide(state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        if not isinstance(error, GatewayError):
+            return False  # cancellation and bugs are not retried
+        step = next_step(
+            error,
+            attempt=state.attempt_number,
+            conf=conf,
+            now=time.monotonic(),
+            deadline=req.deadline,
+            rand=random.random(),  # noqa: S311 - jitter, not cryptography
+        )
+        error.escalade_step = step.action  # type: ignore[attr-defined]
+        state.escalade_step = step  # type: ignore[attr-defined]
+        return step.action == "retry"
+
+    def wait(state: RetryCallState) -> float:
+        step: Step = state.escalade_step  # type: ignore[attr-defined]
+        return step.wait_s
+
+    async def one_attempt() -> R:
+        counter.n += 1
+        call = Call(
+            request_id=req.request_id,
+            upstream_model=candidate.model.model,
+            timeouts=timeouts,
+            deadline=req.deadline,
+            overrides=candidate.overrides,
+            headers={"x-request-id": req.request_id},
+            has_fallback=not is_last,
+        )
+        with tracer.start_as_current_span(
+            f"{req.operation} {candidate.model.model}",
+            kind=SpanKind.CLIENT,
+            record_exception=False,
+            set_status_on_exception=False,
+            attributes={
+                "gen_ai.operation.name": req.operation,
+                "gen_ai.provider.name": candidate.model.provider,
+                "gen_ai.request.model": candidate.model.model,
+                "escalade.route": req.plan.route,
+                "escalade.deployment": candidate.name,
+                "escalade.attempt": counter.n,
+                "escalade.policy.version": req.runtime.version,
+            },
+        ) as span:
+            try:
+                return await attempt(provider, call)
+            except GatewayError as error:
+                span.set_attribute("error.type", error.kind)
+                span.set_status(Status(StatusCode.ERROR, error.message))
+                raise
+
+    retrying = AsyncRetrying(stop=stop_never, wait=wait, retry=decide, reraise=True, sleep=asyncio.sleep)
+    return await retrying(one_attempt)
+
+
+async def open_stream(provider_stream: AsyncIterator[C], call: Call) -> Committed[C]:
+    """Read a stream up to its commit point: the first chunk carrying content or a tool call.
+
+    The first-token timeout applies only when another attempt or deployment could still answer;
+    the last candidate is given until the request deadline.
+    """
+    limit = call.deadline
+    if call.has_fallback:
+        limit = min(limit, time.monotonic() + call.timeouts.first_token_s)
+    held: list[C] = []
+    try:
+        async with asyncio.timeout_at(_loop_time(limit)):
+            while True:
+                try:
+                    chunk = await anext(provider_stream)
+                except StopAsyncIteration:
+                    return Committed(held=held, rest=provider_stream, ended=True)
+                held.append(chunk)
+                if chunk.carries_answer():  # type: ignore[attr-defined]
+                    return Committed(held=held, rest=provider_stream, ended=False)
+    except TimeoutError:
+        await _close(provider_stream)
+        raise UpstreamSilent(f"no first token within {call.timeouts.first_token_s:g}s") from None
+    except BaseException:
+        await _close(provider_stream)
+        raise
+
+
+async def _close(stream: AsyncIterator[Any]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _loop_time(deadline: float) -> float:
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())

@@ -1,0 +1,259 @@
+"""The OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+
+import asyncio
+import contextlib
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from litestar import Request, Response, get, post
+from litestar.response import Stream
+from msgspec import UNSET
+from opentelemetry.trace import SpanKind
+
+from gateway.auth import Principal, authenticate, authorize_route
+from gateway.dispatch import Answer, Committed, Request as Dispatch, dispatch, open_stream
+from gateway.ingress import check_caps, decode_inbound, read_body
+from gateway.sse import DONE, error_frame, frame
+from gateway.state import GatewayState
+from gateway.telemetry import tracer
+from policies.router import Plan, plan, routes_for_key
+from providers.base import Call, Inbound, Provider
+from providers.errors import GatewayError, UpstreamTimeout
+from providers.schema.chat import Usage
+from providers.schema.codec import (
+    decode_chat_request,
+    decode_completion_request,
+    decode_embedding_request,
+    encode,
+)
+from providers.schema.completions import ModelCard, ModelList
+
+T = TypeVar("T")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+JSON = "application/json"
+SSE = "text/event-stream"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the answer; nothing is sent."""
+
+
+@dataclass(slots=True)
+class Prepared:
+    state: GatewayState
+    principal: Principal
+    inbound: Inbound[Any]
+    dispatch: Dispatch
+
+
+def gateway_state(request: Request[Any, Any, Any]) -> GatewayState:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str:
+    """The client's x-request-id when it is sane, else a new one; remembered on the request."""
+    rid = request.scope.get("escalade_request_id")
+    if rid is None:
+        given = request.headers.get("x-request-id")
+        rid = given if given and _REQUEST_ID.fullmatch(given) else secrets.token_hex(12)
+        request.scope["escalade_request_id"] = rid  # type: ignore[typeddict-unknown-key]
+    return rid  # type: ignore[no-any-return]
+
+
+async def _prepare(request: Request[Any, Any, Any], decode: Callable[[bytes], Any], operation: str) -> Prepared:
+    """Auth (before the body is read), body, decode, caps, route: everything before the first upstream byte."""
+    state = gateway_state(request)
+    runtime = state.runtime  # read once: this request lives under this policy version
+    principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
+    server = runtime.policy.server
+    body = await read_body(request.stream(), request.headers.get("content-length"), server.max_request_bytes)
+    inbound = decode_inbound(body, decode)
+    check_caps(inbound.typed, server)
+    route = inbound.typed.model
+    authorize_route(principal, route, runtime)
+    the_plan: Plan = plan(runtime.policy, route)
+    deadline = time.monotonic() + runtime.policy.timeouts.total_s
+    return Prepared(
+        state=state,
+        principal=principal,
+        inbound=inbound,
+        dispatch=Dispatch(
+            request_id=request_id_of(request), operation=operation, deadline=deadline, runtime=runtime, plan=the_plan
+        ),
+    )
+
+
+def _headers(prep: Prepared, answer: Answer[Any], cost: float | None = None) -> dict[str, str]:
+    headers = {
+        "x-request-id": prep.dispatch.request_id,
+        "x-escalade-route": prep.dispatch.plan.route,
+        "x-escalade-model": answer.candidate.name,
+        "x-escalade-attempts": str(answer.attempts),
+        "x-escalade-policy-version": prep.dispatch.runtime.version,
+        "cache-control": "no-store",
+    }
+    if cost is not None:
+        headers["x-escalade-cost-usd"] = f"{cost:.8f}"
+    return headers
+
+
+def _cost(answer: Answer[Any], usage: Any) -> float | None:
+    if not usage:
+        return None
+    price = answer.candidate.model.price
+    return (usage.prompt_tokens * price.input_per_mtok + usage.completion_tokens * price.output_per_mtok) / 1e6
+
+
+async def _until_disconnect(request: Request[Any, Any, Any], work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`, cancelling it (and so the upstream call) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+    if task.cancelled() or not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientDisconnected
+    return task.result()
+
+
+async def _disconnected(request: Request[Any, Any, Any]) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+# ---------------------------------------------------------------- endpoints
+
+ProviderCall = Callable[[Provider, Inbound[Any], Call], Coroutine[Any, Any, Any]]
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    prep = await _prepare(request, decode_chat_request, "chat")
+    if prep.inbound.typed.is_stream:
+        return await _stream(request, prep, lambda p, i, c: p.chat_stream(i, c))
+    return await _unary(request, prep, lambda p, i, c: p.chat(i, c))
+
+
+@post("/v1/completions", status_code=200)
+async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    prep = await _prepare(request, decode_completion_request, "text_completion")
+    if prep.inbound.typed.is_stream:
+        return await _stream(request, prep, lambda p, i, c: p.completion_stream(i, c))
+    return await _unary(request, prep, lambda p, i, c: p.completion(i, c))
+
+
+@post("/v1/embeddings", status_code=200)
+async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+    prep = await _prepare(request, decode_embedding_request, "embeddings")
+    return await _unary(request, prep, lambda p, i, c: p.embeddings(i, c), priced=False)
+
+
+async def _unary(
+    request: Request[Any, Any, Any], prep: Prepared, call_provider: ProviderCall, *, priced: bool = True
+) -> Response[bytes]:
+    route = prep.dispatch.plan.route
+    with tracer.start_as_current_span(f"{prep.dispatch.operation} {route}", kind=SpanKind.SERVER) as span:
+        span.set_attribute("escalade.route", route)
+        work = dispatch(prep.dispatch, lambda provider, call: call_provider(provider, prep.inbound, call))
+        answer = await _until_disconnect(request, work)
+        span.set_attribute("escalade.deployment", answer.candidate.name)
+        cost = _cost(answer, answer.result.usage) if priced else None
+        return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
+
+
+@get("/v1/models")
+async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state = gateway_state(request)
+    runtime = state.runtime
+    principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
+    created = int(runtime.loaded_at)
+    cards = [ModelCard(id=name, created=created) for name in routes_for_key(runtime.policy, principal.routes)]
+    return Response(content=encode(ModelList(data=cards)), media_type=JSON, headers={"x-request-id": request_id_of(request)})
+
+
+@get("/v1/models/{name:str}")
+async def get_model(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+    state = gateway_state(request)
+    runtime = state.runtime
+    principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
+    authorize_route(principal, name, runtime)
+    card = ModelCard(id=name, created=int(runtime.loaded_at))
+    return Response(content=encode(card), media_type=JSON, headers={"x-request-id": request_id_of(request)})
+
+
+# ---------------------------------------------------------------- streaming
+
+
+async def _stream(request: Request[Any, Any, Any], prep: Prepared, open_provider_stream: Callable[..., Any]) -> Response[Any]:
+    """Retry and fall back until one deployment's stream reaches its commit point, then relay it."""
+
+    async def attempt(provider: Provider, call: Call) -> Committed[Any]:
+        return await open_stream(open_provider_stream(provider, prep.inbound, call), call)
+
+    route = prep.dispatch.plan.route
+    with tracer.start_as_current_span(f"{prep.dispatch.operation} {route}", kind=SpanKind.SERVER) as span:
+        span.set_attribute("escalade.route", route)
+        answer = await _until_disconnect(request, dispatch(prep.dispatch, attempt))
+        span.set_attribute("escalade.deployment", answer.candidate.name)
+        span.set_attribute("escalade.stream.committed", True)
+    body = _sse_body(answer.result, prep, want_usage=prep.inbound.typed.wants_usage_chunk)
+    return Stream(content=body, media_type=SSE, headers={**_headers(prep, answer), "x-accel-buffering": "no"})
+
+
+async def _sse_body(committed: Committed[Any], prep: Prepared, *, want_usage: bool) -> AsyncIterator[bytes]:
+    """Chunks out as SSE. After the commit point an upstream failure is ONE in-band error event and the
+    stream closes without [DONE]: a cut answer never looks complete."""
+    timeouts = prep.dispatch.runtime.policy.timeouts
+    deadline = prep.dispatch.deadline
+    rest = committed.rest
+    try:
+        for chunk in committed.held:
+            out = _client_chunk(chunk, want_usage)
+            if out is not None:
+                yield out
+        if not committed.ended:
+            loop = asyncio.get_running_loop()
+            while True:
+                now = time.monotonic()
+                limit = min(deadline, now + timeouts.idle_s)
+                try:
+                    async with asyncio.timeout_at(loop.time() + (limit - now)):
+                        chunk = await anext(rest, None)
+                except TimeoutError:
+                    which = "total time limit" if limit >= deadline else f"idle timeout ({timeouts.idle_s:g}s)"
+                    raise UpstreamTimeout(f"upstream stream stopped: {which} reached") from None
+                if chunk is None:
+                    break
+                out = _client_chunk(chunk, want_usage)
+                if out is not None:
+                    yield out
+        yield DONE
+    except GatewayError as error:
+        yield error_frame(error)
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _client_chunk(chunk: Any, want_usage: bool) -> bytes | None:
+    """The chunk as the client asked for it: escalade always asks upstream for usage, the client may not."""
+    if not want_usage:
+        if not chunk.choices and isinstance(chunk.usage, Usage):
+            return None
+        chunk.usage = UNSET
+    return frame(chunk)
+
+
+ROUTES = [chat_completions, completions, embeddings, list_models, get_model]

@@ -1,0 +1,42 @@
+"""Process-wide gateway state shared by the client and admin listeners."""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.runtime import Runtime
+
+
+@dataclass(slots=True)
+class ReloadStatus:
+    """What the admin status endpoint shows about the policy file."""
+
+    path: str | None
+    version: str
+    loaded_at: float
+    reloads: int = 0
+    rejected: int = 0
+    last_error: str | None = None
+    """The newest rejected candidate's problems; cleared when a later candidate loads."""
+    last_error_at: float | None = None
+    last_checked_at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class GatewayState:
+    runtime: Runtime
+    status: ReloadStatus
+    loopback: bool
+    """The client listener is bound to a loopback address (keyless access is allowed only then)."""
+    policy_path: Path | None = None
+    ready: bool = True
+
+    def swap(self, runtime: Runtime) -> Runtime:
+        """Install a new runtime atomically; returns the one it replaced."""
+        old, self.runtime = self.runtime, runtime
+        self.status.version = runtime.version
+        self.status.loaded_at = runtime.loaded_at
+        self.status.reloads += 1
+        self.status.last_error = None
+        self.status.last_error_at = None
+        return old

@@ -1,0 +1,1 @@
+"""Pure decisions: the policy file's schema and loader, route planning, retry and backoff decisions."""

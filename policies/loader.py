@@ -1,0 +1,175 @@
+"""Policy text -> a validated Policy, or a PolicyError naming the YAML path and line. Pure: no file I/O.
+
+Validation runs in two passes: shape and types (msgspec, unknown fields rejected), then references
+(every model, provider and route a policy names exists) and rules (e.g. data residency).
+"""
+
+import re
+from typing import Any
+
+import msgspec
+import yaml
+
+from policies.schema import IMPLEMENTED_STRATEGIES, ModelConf, Policy, RouteConf
+from providers.registry import PROVIDER_TYPES, ProviderConf
+
+
+class PolicyError(ValueError):
+    """An invalid policy. `problems` lists every message found; str() joins them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_FIELD_TYPES: dict[str, Any] = {f.name: f.type for f in msgspec.structs.fields(Policy)}
+_ENTRY_TYPES: dict[str, Any] = {"providers": ProviderConf, "models": ModelConf, "routes": RouteConf}
+_PATH_IN_MSG = re.compile(r"`\$([^`]*)`")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_policy(text: str | bytes, source: str = "policy") -> Policy:
+    """Parse and validate a policy document. Raises PolicyError with every problem found."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader: data only, no tags
+    except yaml.YAMLError as exc:
+        raise PolicyError([f"{source}: not valid YAML: {exc}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError([f"{source}: the policy must be a mapping at the top level"])
+    lines = _LineIndex(root)
+    policy = _convert(data, lines, source)
+    problems = [f"{source}: {lines.locate(path, f'{msg} - at `{path}`')}" for path, msg in check_references(policy)]
+    if problems:
+        raise PolicyError(problems)
+    return policy
+
+
+def _convert(data: dict[str, Any], lines: "_LineIndex", source: str) -> Policy:
+    """msgspec conversion section by section, so that errors name dict keys (msgspec says `[...]`)."""
+    problems: list[str] = []
+    converted: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _FIELD_TYPES:
+            problems.append(lines.locate(f"$.{key}", f"unknown field `{key}`"))
+            continue
+        if key in _ENTRY_TYPES and isinstance(value, dict):
+            entries = {}
+            for name, entry in value.items():
+                try:
+                    entries[str(name)] = msgspec.convert(entry, _ENTRY_TYPES[key])
+                except msgspec.ValidationError as exc:
+                    problems.append(_rewrite(str(exc), f"$.{key}.{name}", lines))
+            converted[key] = entries
+            continue
+        try:
+            converted[key] = msgspec.convert(value, _FIELD_TYPES[key])
+        except msgspec.ValidationError as exc:
+            problems.append(_rewrite(str(exc), f"$.{key}", lines))
+    if problems:
+        raise PolicyError([f"{source}: {p}" for p in problems])
+    return Policy(**converted)
+
+
+def _rewrite(message: str, prefix: str, lines: "_LineIndex") -> str:
+    """Put the real YAML path (with dict keys) into msgspec's message, and the line number."""
+    found = _PATH_IN_MSG.search(message)
+    if not found:
+        return lines.locate(prefix, f"{message} - at `{prefix}`")
+    path = prefix + found.group(1)
+    text = _PATH_IN_MSG.sub(f"`{path}`", message)
+    if "Invalid value" in text and path.endswith(".type") and path.startswith("$.providers."):
+        text += f" (provider types available: {', '.join(PROVIDER_TYPES)})"
+    unknown = re.search(r"unknown field `([^`]+)`", text)
+    return lines.locate(f"{path}.{unknown.group(1)}" if unknown else path, text)
+
+
+def check_references(policy: Policy) -> list[tuple[str, str]]:
+    """Every name the policy uses must exist, and the rules across sections must hold.
+
+    Returns (YAML path, message) pairs; empty when the policy is consistent.
+    """
+    problems: list[tuple[str, str]] = []
+    for name, provider in policy.providers.items():
+        if not provider.base_url:
+            tag = type(provider).__struct_config__.tag
+            problems.append((f"$.providers.{name}.base_url", f"required for provider type {tag}"))
+        if provider.api_key_env and provider.api_key_file:
+            problems.append((f"$.providers.{name}", "give api_key_env or api_key_file, not both"))
+    for name, model in policy.models.items():
+        if model.provider not in policy.providers:
+            problems.append((f"$.models.{name}.provider", f"unknown provider `{model.provider}`"))
+    for name, route in policy.routes.items():
+        problems.extend(_check_route(name, route, policy))
+    seen: set[str] = set()
+    for i, key in enumerate(policy.keys):
+        where = f"$.keys[{i}]"
+        if not _HEX64.fullmatch(key.key_sha256):
+            problems.append((f"{where}.key_sha256", "must be 64 lowercase hex characters (the key's sha256)"))
+        if key.key_sha256 in seen:
+            problems.append((f"{where}.key_sha256", "the same key appears twice"))
+        seen.add(key.key_sha256)
+        problems.extend(
+            (f"{where}.routes", f"unknown route `{r}`") for r in key.routes if r != "*" and r not in policy.routes
+        )
+    if policy.server.max_n < 1:
+        problems.append(("$.server.max_n", "must be at least 1"))
+    if policy.retries.attempts < 1:
+        problems.append(("$.retries.attempts", "must be at least 1"))
+    return problems
+
+
+def _check_route(name: str, route: RouteConf, policy: Policy) -> list[tuple[str, str]]:
+    where = f"$.routes.{name}"
+    problems: list[tuple[str, str]] = []
+    if route.strategy not in IMPLEMENTED_STRATEGIES:
+        available = ", ".join(sorted(IMPLEMENTED_STRATEGIES))
+        problems.append(
+            (f"{where}.strategy", f"`{route.strategy}` is not available in this version (available: {available})")
+        )
+    names = list(route.models) + [m for rung in route.rungs for m in rung.models]
+    if not names:
+        problems.append((where, "a route needs at least one model"))
+    for model in names:
+        conf = policy.models.get(model)
+        if conf is None:
+            problems.append((f"{where}.models", f"unknown model `{model}`"))
+        elif route.data_residency == "local" and not conf.local:
+            problems.append((f"{where}.models", f"data_residency is local but model `{model}` is not local: true"))
+    return problems
+
+
+class _LineIndex:
+    """Maps a YAML path such as `$.providers.local.engine.args[2]` to its line in the file."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self._root = root
+
+    def locate(self, path: str, message: str) -> str:
+        line = self._line_of(path)
+        return f"{message} (line {line})" if line else message
+
+    def _line_of(self, path: str) -> int | None:
+        node = self._root
+        best = None
+        for step in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path.removeprefix("$")):
+            key, index = step
+            if node is None:
+                break
+            best = node.start_mark.line + 1
+            node = _child(node, key, index)
+        if node is not None:
+            best = node.start_mark.line + 1
+        return best
+
+
+def _child(node: yaml.Node, key: str, index: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode) and key:
+        for k, v in node.value:
+            if str(k.value) == key:
+                return v
+    if isinstance(node, yaml.SequenceNode) and index and int(index) < len(node.value):
+        return node.value[int(index)]
+    return None

@@ -1,0 +1,252 @@
+"""HTTP plumbing shared by every adapter: the pooled client, the SSE reader, and status -> typed error.
+
+The client is httpx (its API everywhere above this module) over an aiohttp-backed transport:
+measured on this machine, httpx's own pool costs 4-7x the throughput of aiohttp's under concurrency
+(encode/httpx#3215). The choice lives here and nowhere else. Redirects are never followed (an
+upstream redirect would carry the provider key elsewhere: CVE-2024-6587's class of bug).
+"""
+
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import httpx
+import msgspec
+
+from providers.errors import (
+    ContextLengthExceeded,
+    GatewayError,
+    UpstreamAuthError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamRedirect,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    scrub,
+)
+from providers.schema.codec import decode_error_body
+from providers.schema.errors import ErrorDetail
+
+
+@contextlib.contextmanager
+def _mapped_aiohttp_errors() -> Iterator[None]:
+    """aiohttp exceptions -> the httpx exceptions the layer above expects."""
+    try:
+        yield
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx.ConnectError(str(exc)) from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc)) from exc
+    except aiohttp.SocketTimeoutError as exc:
+        raise httpx.ReadTimeout(str(exc)) from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise httpx.RemoteProtocolError(str(exc) or "server disconnected") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise httpx.RemoteProtocolError(str(exc) or "incomplete response body") from exc
+    except aiohttp.ClientResponseError as exc:
+        raise httpx.RemoteProtocolError(str(exc)) from exc
+    except aiohttp.ClientOSError as exc:
+        raise httpx.ReadError(str(exc)) from exc
+    except aiohttp.ClientError as exc:
+        raise httpx.TransportError(str(exc)) from exc
+
+
+class _AiohttpBody(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _mapped_aiohttp_errors():
+            async for data in self._response.content.iter_any():
+                yield data
+
+    async def aclose(self) -> None:
+        # An unfinished body means the upstream is still generating: close the connection so it
+        # sees the disconnect and stops (release() would try to drain it for reuse).
+        if not self._response.content.is_eof():
+            self._response.close()
+        else:
+            self._response.release()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx transport backed by one aiohttp session with a keep-alive pool."""
+
+    def __init__(self, *, max_connections: int = 512, keepalive_s: float = 30.0) -> None:
+        self._max_connections = max_connections
+        self._keepalive_s = keepalive_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=self._keepalive_s)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,  # httpx decodes content-encoding itself
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout", {})
+        with _mapped_aiohttp_errors():
+            response = await self._get_session().request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=request.content or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
+                ),
+            )
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_AiohttpBody(response),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def make_client(*, base_url: str, headers: dict[str, str], connect_s: float, read_s: float) -> httpx.AsyncClient:
+    """One pooled client per provider. `read_s` bounds the gap between two reads (the idle timeout)."""
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers=headers,
+        transport=AiohttpTransport(),
+        timeout=httpx.Timeout(connect=connect_s, read=read_s, write=connect_s, pool=connect_s),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+# ---------------------------------------------------------------- SSE
+
+
+async def aiter_sse(byte_stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Yield the `data` payload of each server-sent event (multi-line data joined with newlines).
+
+    Comments and events without data are skipped. A last event not followed by a blank line is
+    still yielded: the JSON decoder above rejects it if it was cut.
+    """
+    buf = b""
+    async for piece in byte_stream:
+        buf = buf + piece if buf else piece
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        while True:
+            end = buf.find(b"\n\n")
+            if end < 0:
+                break
+            event, buf = buf[:end], buf[end + 2 :]
+            data = _event_data(event)
+            if data is not None:
+                yield data
+    if buf.strip():
+        data = _event_data(buf.rstrip(b"\n"))
+        if data is not None:
+            yield data
+
+
+def _event_data(event: bytes) -> bytes | None:
+    if event.startswith(b"data: ") and b"\n" not in event:  # the common case, one line
+        return event[6:]
+    parts = []
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None
+
+
+# ---------------------------------------------------------------- status -> typed error
+
+
+def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or an HTTP date), or None."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(ms) / 1000.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def _detail_of(body: bytes) -> ErrorDetail | None:
+    try:
+        return decode_error_body(body).error
+    except msgspec.DecodeError:
+        return None
+
+
+def error_from_detail(detail: ErrorDetail, *, status: int, provider: str, retry_after_s: float | None = None) -> GatewayError:
+    """The one mapping from an upstream's status and error body to escalade's error family."""
+    message = f"{provider}: {scrub(detail.message)}"
+    code = str(detail.code) if detail.code is not None else ""
+    kind = detail.type or ""
+    if status == 429 or code in ("rate_limit_exceeded", "rate_limit_error") or kind == "rate_limit_error":
+        if code == "insufficient_quota":
+            return UpstreamUnavailable(message, provider=provider)
+        return UpstreamRateLimited(message, provider=provider, retry_after_s=retry_after_s)
+    if status in (401, 403) or kind in ("authentication_error", "permission_error"):
+        return UpstreamAuthError(f"{provider}: the provider rejected escalade's credentials", provider=provider)
+    if code == "context_length_exceeded" or "context_length" in code:
+        return ContextLengthExceeded(message, provider=provider, param=detail.param)
+    if status == 0 and kind == "invalid_request_error":
+        return UpstreamRejected(message, provider=provider, param=detail.param)
+    if status in (408, 504):
+        return UpstreamTimeout(message, provider=provider)
+    if status >= 500 or kind in ("server_error", "overloaded_error", "api_error") or status == 0:
+        return UpstreamUnavailable(message, provider=provider, retry_after_s=retry_after_s)
+    if 400 <= status < 500:
+        return UpstreamRejected(message, provider=provider, param=detail.param)
+    return UpstreamProtocolError(message, provider=provider)
+
+
+def error_from_response(status: int, headers: httpx.Headers, body: bytes, *, provider: str) -> GatewayError:
+    if 300 <= status < 400:
+        return UpstreamRedirect(f"{provider}: upstream answered a redirect ({status}); redirects are not followed")
+    detail = _detail_of(body) or ErrorDetail(message=f"HTTP {status} from upstream")
+    return error_from_detail(detail, status=status, provider=provider, retry_after_s=parse_retry_after(headers))
+
+
+def error_from_transport(exc: httpx.HTTPError, *, provider: str) -> UpstreamError:
+    """httpx transport failures -> typed upstream errors (messages never include URLs with secrets)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return UpstreamConnectionError(f"{provider}: connect timeout", provider=provider)
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"{provider}: no data from upstream within the idle timeout", provider=provider)
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamConnectionError(f"{provider}: connection failed", provider=provider)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return UpstreamConnectionError(f"{provider}: connection closed by upstream", provider=provider)
+    return UpstreamConnectionError(f"{provider}: transport error ({type(exc).__name__})", provider=provider)
+
+
+def decode_or_protocol_error(decode: Any, body: bytes, *, provider: str) -> Any:
+    try:
+        return decode(body)
+    except msgspec.DecodeError as exc:
+        raise UpstreamProtocolError(f"{provider}: malformed response from upstream ({exc})", provider=provider) from None

@@ -1,0 +1,1 @@
+"""Any OpenAI-compatible API (OpenAI itself, vLLM, Mistral La Plateforme, and the many look-alikes)."""

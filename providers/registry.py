@@ -1,0 +1,26 @@
+"""Provider type (the policy's `type:` tag) -> adapter factory. Adding a provider is one line here."""
+
+from collections.abc import Callable
+from typing import Any
+
+from providers.base import Provider, Timeouts
+from providers.openai_compat.adapter import OpenAICompatProvider
+from providers.openai_compat.config import MistralConf, OpenAIConf, VllmConf
+from providers.secrets import Secret
+
+Factory = Callable[[str, Any, Secret | None, Timeouts], Provider]
+
+FACTORIES: dict[type, Factory] = {
+    OpenAIConf: OpenAICompatProvider,
+    VllmConf: OpenAICompatProvider,
+    MistralConf: OpenAICompatProvider,  # a thin variant for now; the native adapter replaces it
+}
+
+ProviderConf = OpenAIConf | VllmConf | MistralConf
+"""Every provider config type the policy file accepts (a tagged union on `type`)."""
+
+PROVIDER_TYPES: tuple[str, ...] = tuple(t.__struct_config__.tag for t in FACTORIES)  # type: ignore[attr-defined]
+
+
+def build_provider(name: str, conf: Any, key: Secret | None, timeouts: Timeouts) -> Provider:
+    return FACTORIES[type(conf)](name, conf, key, timeouts)
