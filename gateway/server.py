@@ -70,41 +70,81 @@ def load_state(policy_path: Path, listen_host: str) -> GatewayState:
     return GatewayState(runtime=runtime, status=status, loopback=is_loopback(listen_host), policy_path=policy_path)
 
 
-async def serve(policy_path: Path, *, listen: str | None = None, admin_listen: str | None = None) -> None:
-    """Serve until SIGTERM/SIGINT. Raises PolicyError/MissingSecret/ValueError when it cannot start."""
-    text = policy_path.read_bytes()
-    server_conf = parse_policy(text, str(policy_path)).server
-    host, port = parse_listen(listen or server_conf.listen)
-    state = load_state(policy_path, host)
-    setup_tracing()
-    if not state.runtime.keys and not state.loopback:
-        log.warning("no API keys in the policy and %s is not loopback: every request will get 401", host)
-    servers = [_Server(_uvicorn_config(create_app(state), host, port))]
-    admin = admin_listen or server_conf.admin_listen
-    if admin:
-        admin_host, admin_port = parse_listen(admin)
-        if not is_loopback(admin_host) and not server_conf.admin_token_env:
-            raise ValueError("admin_listen is not loopback: set server.admin_token_env to protect it")
-        servers.append(_Server(_uvicorn_config(create_admin_app(state), admin_host, admin_port)))
-    watcher = PolicyWatcher(state, server_conf.reload_interval_s)
-    watcher.start()
+class Gateway:
+    """The running gateway: client listener, admin listener, policy watcher. One per process."""
 
-    def stop() -> None:
-        state.ready = False  # /readyz turns 503 first; in-flight requests are drained by uvicorn
-        for server in servers:
+    def __init__(self, policy_path: Path, *, listen: str | None = None, admin_listen: str | None = None) -> None:
+        text = policy_path.read_bytes()
+        server_conf = parse_policy(text, str(policy_path)).server
+        self.host, port = parse_listen(listen or server_conf.listen)
+        self.state = load_state(policy_path, self.host)
+        if not self.state.runtime.keys and not self.state.loopback:
+            log.warning("no API keys in the policy and %s is not loopback: every request will get 401", self.host)
+        self._servers = [_Server(_uvicorn_config(create_app(self.state), self.host, port))]
+        self.admin_host: str | None = None
+        admin = admin_listen or server_conf.admin_listen
+        if admin:
+            self.admin_host, admin_port = parse_listen(admin)
+            if not is_loopback(self.admin_host) and not server_conf.admin_token_env:
+                raise ValueError("admin_listen is not loopback: set server.admin_token_env to protect it")
+            self._servers.append(_Server(_uvicorn_config(create_admin_app(self.state), self.admin_host, admin_port)))
+        self._watcher = PolicyWatcher(self.state, server_conf.reload_interval_s)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def started(self) -> bool:
+        return all(server.started for server in self._servers)
+
+    @property
+    def port(self) -> int:
+        return _bound_port(self._servers[0])
+
+    @property
+    def admin_port(self) -> int | None:
+        return _bound_port(self._servers[1]) if len(self._servers) > 1 else None
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (thread-safe): /readyz turns 503, in-flight requests drain."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._begin_stop)
+
+    def _begin_stop(self) -> None:
+        self.state.ready = False
+        for server in self._servers:
             server.should_exit = True
 
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    routes = ", ".join(state.runtime.policy.routes) or "none"
-    print(
-        f"escalade {state.runtime.version}: serving http://{host}:{port}/v1 (routes: {routes})"
-        + (f"; admin http://{admin}" if admin else ""),
-        flush=True,
-    )
-    try:
-        await asyncio.gather(*(server.serve() for server in servers))
-    finally:
-        await watcher.stop()
-        await retire(state.runtime, None, grace_s=0)
+    async def run(self, *, handle_signals: bool = True) -> None:
+        self._loop = asyncio.get_running_loop()
+        setup_tracing()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._begin_stop)
+        self._watcher.start()
+        try:
+            await asyncio.gather(*(server.serve() for server in self._servers))
+        finally:
+            await self._watcher.stop()
+            await retire(self.state.runtime, None, grace_s=0)
+
+    def banner(self) -> str:
+        routes = ", ".join(self.state.runtime.policy.routes) or "none"
+        admin = f"; admin http://{self.admin_host}:{self.admin_port}" if self.admin_host else ""
+        return f"escalade {self.state.runtime.version}: serving http://{self.host}:{self.port}/v1 (routes: {routes}){admin}"
+
+
+def _bound_port(server: uvicorn.Server) -> int:
+    for listener in server.servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return server.config.port
+
+
+async def serve(policy_path: Path, *, listen: str | None = None, admin_listen: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. Raises PolicyError/MissingSecret/ValueError when it cannot start."""
+    gateway = Gateway(policy_path, listen=listen, admin_listen=admin_listen)
+    task = asyncio.create_task(gateway.run())
+    while not gateway.started and not task.done():
+        await asyncio.sleep(0.02)
+    if gateway.started:
+        print(gateway.banner(), flush=True)
+    await task

@@ -183,7 +183,8 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get("/v1/models/{name:str}")
-async def get_model(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+async def get_model(request: Request[Any, Any, Any]) -> Response[bytes]:
+    name = request.path_params["name"]
     state = gateway_state(request)
     runtime = state.runtime
     principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1,
                     help="processes sharing the port via SO_REUSEPORT (benchmarks only: log/scripts are per process)")
     ap.add_argument("--no-log", action="store_true", help="do not record requests (benchmarks)")
-    ap.add_argument("--max-log", type=int, default=100_000, help="keep at most this many log records")
+    ap.add_argument("--max-log", type=int, default=20_000, help="keep at most this many log records")
     ap.add_argument("--no-uvloop", action="store_true")
     args = ap.parse_args(argv)
     if args.workers > 1 and args.port == 0:
