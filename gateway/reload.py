@@ -32,6 +32,8 @@ async def reload_now(state: GatewayState, *, force: bool = False) -> bool:
     except OSError as exc:
         return _reject(state, f"{path}: cannot read the policy file ({exc.strerror})")
     if not force and policy_version(text) == state.runtime.version:
+        state.status.last_error = None  # the file is back to what is serving
+        state.status.last_error_at = None
         return True
     try:
         policy = await asyncio.to_thread(parse_policy, text, str(path))
