@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh machine: installs what the tests need, then runs pytest.
+#
+#   bash tests/run.sh            # everything (builds the CPU vLLM venv and tiny model on first run)
+#   ESCALADE_SKIP_VLLM=1 bash tests/run.sh   # without the real-vLLM tests (they are skipped)
+#
+# Extra arguments go to pytest. The CPU vLLM venv and the tiny model live under /tmp/escalade-vllm
+# and are reused while their pins are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "tests/run.sh: $*" >&2; }
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Location' -e 'Running pip as' >&2 || true
+python3 -c "import gateway, openai, pytest" || { log "installing the package failed"; exit 1; }
+
+if [ -z "${ESCALADE_SKIP_VLLM:-}" ]; then
+  t0=$(date +%s)
+  venv=$(bash local_engine/cpu/setup_venv.sh | tail -1)
+  model_dir=${ESCALADE_TINY_MODEL:-/tmp/escalade-vllm/tiny-mixtral}
+  "$venv/bin/python" local_engine/cpu/make_tiny_model.py "$model_dir" >&2
+  export ESCALADE_VLLM_VENV="$venv" ESCALADE_TINY_MODEL="$model_dir"
+  log "CPU vLLM ready in $(( $(date +%s) - t0 )) s: $venv, model $model_dir"
+else
+  log "ESCALADE_SKIP_VLLM is set: the real-vLLM tests will be skipped"
+fi
+
+exec python3 -m pytest -q -p no:cacheprovider "$@"
