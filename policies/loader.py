@@ -76,10 +76,8 @@ def _convert(data: dict[str, Any], lines: "_LineIndex", source: str) -> Policy:
 def _rewrite(message: str, prefix: str, lines: "_LineIndex") -> str:
     """Put the real YAML path (with dict keys) into msgspec's message, and the line number."""
     found = _PATH_IN_MSG.search(message)
-    if not found:
-        return lines.locate(prefix, f"{message} - at `{prefix}`")
-    path = prefix + found.group(1)
-    text = _PATH_IN_MSG.sub(f"`{path}`", message)
+    path = prefix + (found.group(1) if found else "")
+    text = _PATH_IN_MSG.sub(f"`{path}`", message) if found else f"{message} - at `{path}`"
     if "Invalid value" in text and path.endswith(".type") and path.startswith("$.providers."):
         text += f" (provider types available: {', '.join(PROVIDER_TYPES)})"
     unknown = re.search(r"unknown field `([^`]+)`", text)
