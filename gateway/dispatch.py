@@ -152,7 +152,7 @@ async def _with_retries(
     return await retrying(one_attempt)
 
 
-async def open_stream(provider_stream: AsyncIterator[C], call: Call) -> Committed[C]:
+async def open_stream(provider_stream: AsyncIterator[C], call: Call, provider: str = "upstream") -> Committed[C]:
     """Read a stream up to its commit point: the first chunk carrying content or a tool call.
 
     The first-token timeout applies only when another attempt or deployment could still answer;
@@ -174,7 +174,7 @@ async def open_stream(provider_stream: AsyncIterator[C], call: Call) -> Committe
                     return Committed(held=held, rest=provider_stream, ended=False)
     except TimeoutError:
         await _close(provider_stream)
-        raise UpstreamSilent(f"no first token within {call.timeouts.first_token_s:g}s") from None
+        raise UpstreamSilent(f"{provider}: no first token within {call.timeouts.first_token_s:g}s", provider=provider) from None
     except BaseException:
         await _close(provider_stream)
         raise

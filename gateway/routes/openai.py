@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import re
 import secrets
 import time
@@ -33,6 +34,7 @@ from providers.schema.codec import (
 from providers.schema.completions import ModelCard, ModelList
 
 T = TypeVar("T")
+log = logging.getLogger("escalade.stream")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -200,7 +202,7 @@ async def _stream(request: Request[Any, Any, Any], prep: Prepared, open_provider
     """Retry and fall back until one deployment's stream reaches its commit point, then relay it."""
 
     async def attempt(provider: Provider, call: Call) -> Committed[Any]:
-        return await open_stream(open_provider_stream(provider, prep.inbound, call), call)
+        return await open_stream(open_provider_stream(provider, prep.inbound, call), call, provider.name)
 
     route = prep.dispatch.plan.route
     with tracer.start_as_current_span(f"{prep.dispatch.operation} {route}", kind=SpanKind.SERVER) as span:
@@ -242,6 +244,9 @@ async def _sse_body(committed: Committed[Any], prep: Prepared, *, want_usage: bo
         yield DONE
     except GatewayError as error:
         yield error_frame(error)
+    except Exception:  # a bug must still end the stream as cut, never as complete
+        log.exception("stream relay failed (request %s)", prep.dispatch.request_id)
+        yield error_frame(GatewayError(f"internal error (request id {prep.dispatch.request_id})"))
     finally:
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
