@@ -85,19 +85,20 @@ def _field_error(message: str) -> InvalidRequest:
 
 
 def check_caps(typed: Any, server: ServerConf) -> None:
-    """The policy's caps on `n` and on output tokens (OWASP API4: tokens are money)."""
-    n = getattr(typed, "n", None)
-    if isinstance(n, int) and not 1 <= n <= server.max_n:
-        raise InvalidRequest(f"n must be between 1 and {server.max_n}", param="n", code="invalid_value")
-    cap = getattr(typed, "output_cap", None)
-    if cap is not None:
-        if cap < 1:
-            raise InvalidRequest("max_tokens must be at least 1", param="max_tokens", code="invalid_value")
-        if server.max_tokens is not None and cap > server.max_tokens:
+    """The policy's caps on `n`/`best_of` and on output tokens (OWASP API4: tokens are money)."""
+    for name in ("n", "best_of"):
+        value = getattr(typed, name, None)
+        if isinstance(value, int) and not 1 <= value <= server.max_n:
+            raise InvalidRequest(f"{name} must be between 1 and {server.max_n}", param=name, code="invalid_value")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(typed, name, None)
+        if not isinstance(value, int):
+            continue
+        if value < 1:
+            raise InvalidRequest(f"{name} must be at least 1", param=name, code="invalid_value")
+        if server.max_tokens is not None and value > server.max_tokens:
             raise InvalidRequest(
-                f"max_tokens is {cap}; this gateway allows at most {server.max_tokens}",
-                param="max_tokens",
-                code="invalid_value",
+                f"{name} is {value}; this gateway allows at most {server.max_tokens}", param=name, code="invalid_value"
             )
     messages = getattr(typed, "messages", None)
     if messages is not None and not messages:

@@ -14,6 +14,21 @@ from policies.schema import IMPLEMENTED_STRATEGIES, ModelConf, Policy, RouteConf
 from providers.registry import PROVIDER_TYPES, ProviderConf
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key `{key}`", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 class PolicyError(ValueError):
     """An invalid policy. `problems` lists every message found; str() joins them."""
 
@@ -31,8 +46,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 def parse_policy(text: str | bytes, source: str = "policy") -> Policy:
     """Parse and validate a policy document. Raises PolicyError with every problem found."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader: data only, no tags
+        root = yaml.compose(text, Loader=_StrictLoader)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader: data only, no tags
     except yaml.YAMLError as exc:
         raise PolicyError([f"{source}: not valid YAML: {exc}"]) from None
     if data is None:
@@ -53,7 +68,7 @@ def _convert(data: dict[str, Any], lines: "_LineIndex", source: str) -> Policy:
     converted: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _FIELD_TYPES:
-            problems.append(lines.locate(f"$.{key}", f"unknown field `{key}`"))
+            problems.append(lines.locate(f"$.{key}", f"unknown field `{key}` - at `$.{key}`"))
             continue
         if key in _ENTRY_TYPES and isinstance(value, dict):
             entries = {}

@@ -22,6 +22,7 @@ from providers.errors import (
     UpstreamAuthError,
     UpstreamConnectionError,
     UpstreamError,
+    UpstreamNotFound,
     UpstreamProtocolError,
     UpstreamRateLimited,
     UpstreamRedirect,
@@ -212,7 +213,7 @@ def error_from_detail(detail: ErrorDetail, *, status: int, provider: str, retry_
         return UpstreamRateLimited(message, provider=provider, retry_after_s=retry_after_s)
     if status in (401, 403) or kind in ("authentication_error", "permission_error"):
         return UpstreamAuthError(f"{provider}: the provider rejected escalade's credentials", provider=provider)
-    if code == "context_length_exceeded" or "context_length" in code:
+    if "context_length" in code or "maximum context length" in detail.message.lower():
         return ContextLengthExceeded(message, provider=provider, param=detail.param)
     if status == 0 and kind == "invalid_request_error":
         return UpstreamRejected(message, provider=provider, param=detail.param)
@@ -220,6 +221,8 @@ def error_from_detail(detail: ErrorDetail, *, status: int, provider: str, retry_
         return UpstreamTimeout(message, provider=provider)
     if status >= 500 or kind in ("server_error", "overloaded_error", "api_error") or status == 0:
         return UpstreamUnavailable(message, provider=provider, retry_after_s=retry_after_s)
+    if status == 404:
+        return UpstreamNotFound(message, provider=provider)
     if 400 <= status < 500:
         return UpstreamRejected(message, provider=provider, param=detail.param)
     return UpstreamProtocolError(message, provider=provider)
@@ -227,7 +230,9 @@ def error_from_detail(detail: ErrorDetail, *, status: int, provider: str, retry_
 
 def error_from_response(status: int, headers: httpx.Headers, body: bytes, *, provider: str) -> GatewayError:
     if 300 <= status < 400:
-        return UpstreamRedirect(f"{provider}: upstream answered a redirect ({status}); redirects are not followed")
+        return UpstreamRedirect(
+            f"{provider}: upstream answered a redirect ({status}); redirects are not followed", provider=provider
+        )
     detail = _detail_of(body) or ErrorDetail(message=f"HTTP {status} from upstream")
     return error_from_detail(detail, status=status, provider=provider, retry_after_s=parse_retry_after(headers))
 

@@ -11,7 +11,7 @@ Tree::
     ├── PayloadTooLarge               413
     ├── Unauthorized                  401 (the client's gateway key)
     ├── Forbidden                     403
-    ├── ModelNotFound                 404 (no such route, or the key may not see it)
+    ├── ModelNotFound                 404 (no such route)
     ├── NoEligibleRoute               503 (every candidate failed or was skipped)
     └── UpstreamError                 (something went wrong talking to an upstream)
         ├── UpstreamRateLimited       429, retryable, keeps Retry-After
@@ -20,6 +20,7 @@ Tree::
         ├── UpstreamTimeout           504, retryable unless it is a header/first-token timeout
         ├── UpstreamProtocolError     502, retryable before commit (bad JSON, unknown event, 200+error)
         ├── UpstreamAuthError         502, never retried on that provider (the provider key is bad)
+        ├── UpstreamNotFound          502 (the upstream does not know the model: a policy mistake)
         └── UpstreamRedirect          502 (redirects are never followed)
 
 OpenAI SDKs choose the exception class from the status code, so status codes are the contract;
@@ -196,3 +197,9 @@ class UpstreamAuthError(UpstreamError):
 
 class UpstreamRedirect(UpstreamError):
     code = "upstream_redirect"
+
+
+class UpstreamNotFound(UpstreamError):
+    """The upstream does not know the deployment's model or path: the policy is wrong, not the client."""
+
+    code = "upstream_not_found"

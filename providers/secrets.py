@@ -46,14 +46,16 @@ def load_secret(*, env: str | None, file: str | None, what: str) -> Secret | Non
     Raises MissingSecret (naming the variable or path, never a value) when it is configured but absent.
     """
     if env:
-        value = os.environ.get(env)
+        value = os.environ.get(env, "").strip()
         if not value:
-            raise MissingSecret(f"{what}: environment variable {env} is not set")
-        return Secret(value.strip())
+            raise MissingSecret(f"{what}: environment variable {env} is not set or empty")
+        return Secret(value)
     if file:
-        path = Path(file)
         try:
-            return Secret(path.read_text().strip())
+            value = Path(file).read_text().strip()
         except OSError as exc:
             raise MissingSecret(f"{what}: cannot read key file {file} ({exc.strerror})") from None
+        if not value:
+            raise MissingSecret(f"{what}: key file {file} is empty")
+        return Secret(value)
     return None

@@ -74,7 +74,7 @@ class FunctionCall(Wire):
     arguments: str
 
 
-class ToolCall(Wire):
+class ToolCall(Wire, omit_defaults=False):
     id: str
     function: FunctionCall
     type: Literal["function"] = "function"
@@ -95,7 +95,7 @@ class UserMessage(Wire, tag_field="role", tag="user"):
     name: str | UnsetType = UNSET
 
 
-class AssistantMessage(Wire, tag_field="role", tag="assistant"):
+class AssistantMessage(Wire, tag_field="role", tag="assistant", omit_defaults=False):
     content: str | list[AssistantPart] | None = None
     refusal: str | None | UnsetType = UNSET
     name: str | UnsetType = UNSET
@@ -124,7 +124,7 @@ class FunctionDef(Wire):
     strict: bool | None | UnsetType = UNSET
 
 
-class Tool(Wire):
+class Tool(Wire, omit_defaults=False):
     function: FunctionDef
     type: Literal["function"] = "function"
 
@@ -133,7 +133,7 @@ class NamedFunction(Wire):
     name: str
 
 
-class NamedToolChoice(Wire):
+class NamedToolChoice(Wire, omit_defaults=False):
     function: NamedFunction
     type: Literal["function"] = "function"
 
@@ -184,7 +184,7 @@ class ChatRequest(Wire):
     seed: int | None | UnsetType = UNSET
     presence_penalty: float | None | UnsetType = UNSET
     frequency_penalty: float | None | UnsetType = UNSET
-    logit_bias: dict[str, float] | None | UnsetType = UNSET
+    logit_bias: dict[str, int | float] | None | UnsetType = UNSET
     logprobs: bool | None | UnsetType = UNSET
     top_logprobs: int | None | UnsetType = UNSET
     tools: list[Tool] | None | UnsetType = UNSET
@@ -299,16 +299,16 @@ class ChatCompletion(Out):
 # ---------------------------------------------------------------- stream chunk
 
 
+class FunctionCallDelta(Out):
+    name: str | UnsetType = UNSET
+    arguments: str | UnsetType = UNSET
+
+
 class ToolCallDelta(Out):
     index: int = 0
     id: str | UnsetType = UNSET
     type: str | UnsetType = UNSET
-    function: OutFunctionCall | UnsetType = UNSET
-
-
-class FunctionCallDelta(Out):
-    name: str | UnsetType = UNSET
-    arguments: str | UnsetType = UNSET
+    function: FunctionCallDelta | UnsetType = UNSET
 
 
 class Delta(Out):
@@ -341,6 +341,7 @@ class ChatCompletionChunk(Out):
     usage: Usage | None | UnsetType = UNSET
     system_fingerprint: str | None | UnsetType = UNSET
     service_tier: str | None | UnsetType = UNSET
+    obfuscation: str | UnsetType = UNSET
     error: ErrorDetail | UnsetType = UNSET
     """Set when an upstream sent an in-band error event; never forwarded as a chunk."""
 

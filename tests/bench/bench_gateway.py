@@ -587,7 +587,7 @@ class Bench:
             busiest = max(pids, key=lambda p: cpu_s([p]) - before.get(p, 0))
             raw = self.workdir / f"profile-{server.split(':')[0]}-{kind}.txt"
             cmd = [pyspy, "record", "--pid", str(busiest), "--rate", str(a.profile_rate), "--duration", str(int(a.profile)),
-                   "--format", "raw", "--output", str(raw), "--nonblocking"]
+                   "--format", "raw", "--output", str(raw), "--nonblocking", "--full-filenames"]
             if a.profile_native:
                 cmd.append("--native")
             log(f"  profiling {kind} via {server} (pid {busiest}) for {a.profile:g}s")
@@ -621,25 +621,29 @@ def describe(label: str, side: str, r: dict[str, Any]) -> str:
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
-def classify(path: str, repo: str) -> str:
-    """A frame's file -> the component it belongs to."""
-    if path.startswith(repo.rstrip("/") + "/") or path.startswith(str(REPO) + "/"):
-        rel = path.split("/")
-        for top in ("gateway", "providers", "policies", "tests"):
-            if top in rel:
-                return f"escalade:{top}"
-        return "escalade"
+LOOP_FRAMES = ("Runner.run", "run", "MPServer._spawn_asgi_lifespan_worker", "_spawn_asgi_lifespan_worker")
+"""Outermost Python frames under which the event loop (C: uvloop/libuv, or granian's Rust) runs: their self
+time is the loop's own work (polling, transports, callbacks' C parts)."""
+
+
+def classify(func: str, path: str, repo: str) -> str:
+    """A frame -> the component it belongs to."""
+    roots = {repo.rstrip("/"), str(REPO)}
+    for root in roots:
+        if path.startswith(root + "/"):
+            rel = path[len(root) + 1:].split("/")
+            return f"escalade/{rel[0]}" if rel[0] in ("gateway", "providers", "policies") else f"escalade/{rel[0]}"
     m = re.search(r"site-packages/([^/]+)", path)
     if m:
         name = m.group(1).removesuffix(".py")
-        return name.split(".")[0] if not name.startswith("_") else name
-    if re.search(r"/lib/python3\.\d+/asyncio/", path) or path.startswith("asyncio/"):
-        return "asyncio"
+        if name == "opentelemetry" or name.startswith("opentelemetry"):
+            return "opentelemetry"
+        return name.split(".")[0]
+    if re.search(r"/lib/python3\.\d+/asyncio/", path):
+        return "asyncio (stdlib)"
     if re.search(r"/lib/python3\.\d+/", path) or "<frozen" in path:
         return "stdlib"
-    if path.endswith((".pyx", ".pxd", ".pxi")) or "uvloop" in path:
-        return "uvloop"
-    return "native" if not path.endswith(".py") else "other"
+    return "native" if path and not path.endswith(".py") else "other"
 
 
 def summarize_profile(raw: Path, repo: str, top: int) -> dict[str, Any]:
@@ -664,15 +668,16 @@ def summarize_profile(raw: Path, repo: str, top: int) -> dict[str, Any]:
         parsed = []
         for f in frames:
             m = _FRAME.match(f)
-            func, file, lineno = (m.group("func"), m.group("file"), m.group("line")) if m else (f, "", None)
-            comp = classify(file, repo)
-            parsed.append((f"{func} ({short(file)})", comp))
-        leaf_name, leaf_comp = parsed[-1]
+            func, file = (m.group("func"), m.group("file")) if m else (f, "")
+            parsed.append((f"{func} ({short(file)})", classify(func, file, repo), func))
+        leaf_name, leaf_comp, leaf_func = parsed[-1]
+        if leaf_func in LOOP_FRAMES:
+            leaf_comp = "event loop (C/Rust, under run())"
         self_fn[leaf_name] += count
         self_comp[leaf_comp] += count
         for name in {p[0] for p in parsed}:
             incl_fn[name] += count
-        for comp in {p[1] for p in parsed}:
+        for comp in {p[1] for p in parsed if p[2] not in LOOP_FRAMES}:
             incl_comp[comp] += count
 
     def table(c: Counter[str], k: int) -> list[tuple[str, float]]:

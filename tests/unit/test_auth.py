@@ -73,7 +73,9 @@ def test_keyless_policy_is_open_on_loopback(make_runtime: Callable[[str], Runtim
 
 
 @pytest.mark.parametrize("header", [None, "Bearer anything"])
-def test_keyless_policy_refuses_non_loopback_listeners(make_runtime: Callable[[str], Runtime], header: str | None) -> None:
+def test_keyless_policy_refuses_non_loopback_listeners(
+    make_runtime: Callable[[str], Runtime], header: str | None
+) -> None:
     with pytest.raises(Unauthorized) as caught:
         authenticate(header, make_runtime(BASE), loopback=False)
     assert caught.value.status == 401

@@ -23,7 +23,9 @@ NOW = 1000.0
 DEADLINE = NOW + 60.0
 
 
-def step(error: GatewayError, *, attempt: int = 1, now: float = NOW, deadline: float = DEADLINE, rand: float = 0.5) -> Step:
+def step(
+    error: GatewayError, *, attempt: int = 1, now: float = NOW, deadline: float = DEADLINE, rand: float = 0.5
+) -> Step:
     return next_step(error, attempt=attempt, conf=CONF, now=now, deadline=deadline, rand=rand)
 
 

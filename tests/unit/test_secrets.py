@@ -170,22 +170,12 @@ def test_unreadable_key_file_is_missing(tmp_path: Path) -> None:
     assert str(tmp_path) in caught.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: providers/secrets.py load_secret checks emptiness before strip(): an env var of only "
-    "whitespace gives Secret('') (the provider then sends 'Bearer ') instead of MissingSecret",
-)
 def test_whitespace_only_env_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ESCALADE_TEST_KEY", "  \n")
     with pytest.raises(MissingSecret):
         load_secret(env="ESCALADE_TEST_KEY", file=None, what="provider openai")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: providers/secrets.py load_secret returns Secret('') for an empty key file (e.g. an empty "
-    "Kubernetes secret mount) instead of MissingSecret",
-)
 def test_empty_key_file_is_missing(tmp_path: Path) -> None:
     path = tmp_path / "openai"
     path.write_text("\n")
