@@ -174,7 +174,9 @@ async def open_stream(provider_stream: AsyncIterator[C], call: Call, provider: s
                     return Committed(held=held, rest=provider_stream, ended=False)
     except TimeoutError:
         await _close(provider_stream)
-        raise UpstreamSilent(f"{provider}: no first token within {call.timeouts.first_token_s:g}s", provider=provider) from None
+        raise UpstreamSilent(
+            f"{provider}: no first token within {call.timeouts.first_token_s:g}s", provider=provider
+        ) from None
     except BaseException:
         await _close(provider_stream)
         raise

@@ -15,7 +15,9 @@ log = logging.getLogger("escalade.errors")
 _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
-def _response(request: Request[Any, Any, Any], status: int, body: ErrorBody, headers: dict[str, str]) -> Response[bytes]:
+def _response(
+    request: Request[Any, Any, Any], status: int, body: ErrorBody, headers: dict[str, str]
+) -> Response[bytes]:
     rid = request.scope.get("escalade_request_id")
     if rid:
         headers = {**headers, "x-request-id": rid}

@@ -202,7 +202,9 @@ def _detail_of(body: bytes) -> ErrorDetail | None:
         return None
 
 
-def error_from_detail(detail: ErrorDetail, *, status: int, provider: str, retry_after_s: float | None = None) -> GatewayError:
+def error_from_detail(
+    detail: ErrorDetail, *, status: int, provider: str, retry_after_s: float | None = None
+) -> GatewayError:
     """The one mapping from an upstream's status and error body to escalade's error family."""
     message = f"{provider}: {scrub(detail.message)}"
     code = str(detail.code) if detail.code is not None else ""
@@ -254,4 +256,6 @@ def decode_or_protocol_error(decode: Any, body: bytes, *, provider: str) -> Any:
     try:
         return decode(body)
     except msgspec.DecodeError as exc:
-        raise UpstreamProtocolError(f"{provider}: malformed response from upstream ({exc})", provider=provider) from None
+        raise UpstreamProtocolError(
+            f"{provider}: malformed response from upstream ({exc})", provider=provider
+        ) from None

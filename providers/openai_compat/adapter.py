@@ -58,7 +58,9 @@ class OpenAICompatProvider:
     # ------------------------------------------------------------ public API
 
     async def chat(self, inbound: Inbound[ChatRequest], call: Call) -> ChatCompletion:
-        return await self._post("/chat/completions", self._body(inbound, call, stream=False), call, decode_chat_completion)
+        return await self._post(
+            "/chat/completions", self._body(inbound, call, stream=False), call, decode_chat_completion
+        )
 
     def chat_stream(self, inbound: Inbound[ChatRequest], call: Call) -> AsyncIterator[ChatCompletionChunk]:
         return self._stream("/chat/completions", self._body(inbound, call, stream=True), call, decode_chat_chunk)
@@ -89,7 +91,9 @@ class OpenAICompatProvider:
             async with asyncio.timeout_at(_loop_deadline(call.deadline)):
                 response = await self._client.post(path, content=body, headers=call.headers)
         except TimeoutError:
-            raise UpstreamTimeout(f"{self.name}: no complete answer before the request deadline", provider=self.name) from None
+            raise UpstreamTimeout(
+                f"{self.name}: no complete answer before the request deadline", provider=self.name
+            ) from None
         except httpx.HTTPError as exc:
             raise error_from_transport(exc, provider=self.name) from None
         if response.status_code != 200:
@@ -106,7 +110,9 @@ class OpenAICompatProvider:
             async with asyncio.timeout_at(_loop_deadline(headers_by)):
                 response = await self._client.send(request, stream=True)
         except TimeoutError:
-            raise UpstreamSilent(f"{self.name}: no response headers within {call.timeouts.headers_s:g}s", provider=self.name) from None
+            raise UpstreamSilent(
+                f"{self.name}: no response headers within {call.timeouts.headers_s:g}s", provider=self.name
+            ) from None
         except httpx.HTTPError as exc:
             raise error_from_transport(exc, provider=self.name) from None
         try:
