@@ -95,7 +95,9 @@ def summary(policy: Policy, source: str) -> str:
     lines.append(f"  providers ({len(policy.providers)}):")
     for name, conf in policy.providers.items():
         tag = type(conf).__struct_config__.tag
-        secret = f" key from ${conf.api_key_env}" if conf.api_key_env else (" key from file" if conf.api_key_file else "")
+        secret = (
+            f" key from ${conf.api_key_env}" if conf.api_key_env else (" key from file" if conf.api_key_file else "")
+        )
         missing = " (NOT SET)" if conf.api_key_env and not os.environ.get(conf.api_key_env) else ""
         lines.append(f"    {name}: {tag} {conf.base_url}{secret}{missing}")
     lines.append(f"  models ({len(policy.models)}):")

@@ -16,7 +16,8 @@ from msgspec import UNSET
 from opentelemetry.trace import SpanKind
 
 from gateway.auth import Principal, authenticate, authorize_route
-from gateway.dispatch import Answer, Committed, Request as Dispatch, dispatch, open_stream
+from gateway.dispatch import Answer, Committed, dispatch, open_stream
+from gateway.dispatch import Request as Dispatch
 from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
@@ -181,7 +182,9 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
     created = int(runtime.loaded_at)
     cards = [ModelCard(id=name, created=created) for name in routes_for_key(runtime.policy, principal.routes)]
-    return Response(content=encode(ModelList(data=cards)), media_type=JSON, headers={"x-request-id": request_id_of(request)})
+    return Response(
+        content=encode(ModelList(data=cards)), media_type=JSON, headers={"x-request-id": request_id_of(request)}
+    )
 
 
 @get("/v1/models/{name:str}")
@@ -198,7 +201,9 @@ async def get_model(request: Request[Any, Any, Any]) -> Response[bytes]:
 # ---------------------------------------------------------------- streaming
 
 
-async def _stream(request: Request[Any, Any, Any], prep: Prepared, open_provider_stream: Callable[..., Any]) -> Response[Any]:
+async def _stream(
+    request: Request[Any, Any, Any], prep: Prepared, open_provider_stream: Callable[..., Any]
+) -> Response[Any]:
     """Retry and fall back until one deployment's stream reaches its commit point, then relay it."""
 
     async def attempt(provider: Provider, call: Call) -> Committed[Any]:
