@@ -215,6 +215,8 @@ def error_from_detail(
         return UpstreamRateLimited(message, provider=provider, retry_after_s=retry_after_s)
     if status in (401, 403) or kind in ("authentication_error", "permission_error"):
         return UpstreamAuthError(f"{provider}: the provider rejected escalade's credentials", provider=provider)
+    if code == "content_filter":  # Azure OpenAI: the prompt tripped the content filter (a 400)
+        return UpstreamRejected(message, provider=provider, param=detail.param, code="content_filter")
     if "context_length" in code or "maximum context length" in detail.message.lower():
         return ContextLengthExceeded(message, provider=provider, param=detail.param)
     if status == 0 and kind == "invalid_request_error":

@@ -3,9 +3,17 @@
 from collections.abc import Callable
 from typing import Any
 
+from providers.anthropic.adapter import AnthropicProvider
+from providers.anthropic.config import AnthropicConf
+from providers.azure_openai.adapter import AzureOpenAIProvider
+from providers.azure_openai.config import AzureOpenAIConf
 from providers.base import Provider, Timeouts
+from providers.gemini.adapter import GeminiProvider
+from providers.gemini.config import GeminiConf
+from providers.mistral.adapter import MistralProvider
+from providers.mistral.config import MistralConf
 from providers.openai_compat.adapter import OpenAICompatProvider
-from providers.openai_compat.config import MistralConf, OpenAIConf, VllmConf
+from providers.openai_compat.config import OpenAIConf, VllmConf
 from providers.secrets import Secret
 
 Factory = Callable[[str, Any, Secret | None, Timeouts], Provider]
@@ -13,10 +21,13 @@ Factory = Callable[[str, Any, Secret | None, Timeouts], Provider]
 FACTORIES: dict[type, Factory] = {
     OpenAIConf: OpenAICompatProvider,
     VllmConf: OpenAICompatProvider,
-    MistralConf: OpenAICompatProvider,  # a thin variant for now; the native adapter replaces it
+    MistralConf: MistralProvider,
+    AnthropicConf: AnthropicProvider,
+    AzureOpenAIConf: AzureOpenAIProvider,
+    GeminiConf: GeminiProvider,
 }
 
-ProviderConf = OpenAIConf | VllmConf | MistralConf
+ProviderConf = OpenAIConf | VllmConf | MistralConf | AnthropicConf | AzureOpenAIConf | GeminiConf
 """Every provider config type the policy file accepts (a tagged union on `type`)."""
 
 PROVIDER_TYPES: tuple[str, ...] = tuple(t.__struct_config__.tag for t in FACTORIES)  # type: ignore[attr-defined]

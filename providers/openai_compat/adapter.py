@@ -18,6 +18,7 @@ from providers._http import (
     make_client,
 )
 from providers.base import Call, Inbound, Timeouts
+from providers.capabilities import ALL as ALL_CAPABILITIES
 from providers.errors import UpstreamProtocolError, UpstreamSilent, UpstreamTimeout
 from providers.openai_compat.config import OpenAICompatConf
 from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest
@@ -39,6 +40,10 @@ _MAX_ERROR_BODY = 64 * 1024
 
 class OpenAICompatProvider:
     """Talks to any server that implements OpenAI's /chat/completions, /completions and /embeddings."""
+
+    capabilities: frozenset[str] = ALL_CAPABILITIES
+    """Bodies are forwarded as sent: whatever the server behind it supports (the policy's model
+    `capabilities:` say what a given deployment really has)."""
 
     def __init__(self, name: str, conf: OpenAICompatConf, key: Secret | None, timeouts: Timeouts) -> None:
         if not conf.base_url:

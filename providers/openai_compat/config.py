@@ -1,4 +1,4 @@
-"""Policy-file shapes of the OpenAI-compatible provider types: `openai`, `vllm`, `mistral`."""
+"""Policy-file shapes of the OpenAI-compatible provider types: `openai`, `vllm` (and the shared base)."""
 
 import msgspec
 
@@ -19,10 +19,6 @@ class OpenAIConf(ProviderConfBase, tag_field="type", tag="openai"):
     base_url: str | None = "https://api.openai.com/v1"
 
 
-class MistralConf(ProviderConfBase, tag_field="type", tag="mistral"):
-    base_url: str | None = "https://api.mistral.ai/v1"
-
-
 class EngineConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """A vLLM server escalade launches and supervises itself."""
 
@@ -38,4 +34,4 @@ class VllmConf(ProviderConfBase, tag_field="type", tag="vllm"):
     engine: EngineConf | None = None
 
 
-OpenAICompatConf = OpenAIConf | MistralConf | VllmConf
+OpenAICompatConf = OpenAIConf | VllmConf

@@ -102,6 +102,8 @@ class AssistantMessage(Wire, tag_field="role", tag="assistant", omit_defaults=Fa
     tool_calls: list[ToolCall] | UnsetType = UNSET
     function_call: FunctionCall | None | UnsetType = UNSET
     reasoning_content: str | None | UnsetType = UNSET
+    thinking_blocks: list[dict[str, Any]] | None | UnsetType = UNSET
+    """Signed thinking blocks a previous answer carried (Anthropic), handed back for tool-use turns."""
 
 
 class ToolMessage(Wire, tag_field="role", tag="tool"):
@@ -274,6 +276,9 @@ class ResponseMessage(Out):
     audio: dict[str, Any] | None | UnsetType = UNSET
     reasoning_content: str | None | UnsetType = UNSET
     reasoning: str | None | UnsetType = UNSET
+    thinking_blocks: list[dict[str, Any]] | UnsetType = UNSET
+    """Anthropic thinking blocks with their signatures (LiteLLM's field name), to be sent back in
+    the next turn's assistant message; `reasoning_content` holds the same text for display."""
 
 
 class Choice(Out):
@@ -281,6 +286,8 @@ class Choice(Out):
     message: ResponseMessage = msgspec.field(default_factory=ResponseMessage)
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+    content_filter_results: dict[str, Any] | UnsetType = UNSET
+    """Azure OpenAI's per-choice content-filter annotations, passed through."""
 
 
 class ChatCompletion(Out):
@@ -292,6 +299,8 @@ class ChatCompletion(Out):
     usage: Usage | None = None
     system_fingerprint: str | None | UnsetType = UNSET
     service_tier: str | None | UnsetType = UNSET
+    prompt_filter_results: list[Any] | UnsetType = UNSET
+    """Azure OpenAI's content-filter annotations of the prompt, passed through."""
     error: ErrorDetail | UnsetType = UNSET
     """Set when an upstream answered 200 with an error body; never sent to a client."""
 
@@ -319,6 +328,8 @@ class Delta(Out):
     function_call: FunctionCallDelta | UnsetType = UNSET
     reasoning_content: str | None | UnsetType = UNSET
     reasoning: str | None | UnsetType = UNSET
+    thinking_blocks: list[dict[str, Any]] | UnsetType = UNSET
+    """Anthropic: a thinking block's signature once it is known (see ResponseMessage.thinking_blocks)."""
 
     def carries_answer(self) -> bool:
         """True once this delta holds content or a tool call: the stream's commit point."""
@@ -330,6 +341,8 @@ class ChunkChoice(Out):
     delta: Delta = msgspec.field(default_factory=Delta)
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+    content_filter_results: dict[str, Any] | UnsetType = UNSET
+    """Azure OpenAI's per-choice content-filter annotations, passed through."""
 
 
 class ChatCompletionChunk(Out):
@@ -342,6 +355,8 @@ class ChatCompletionChunk(Out):
     system_fingerprint: str | None | UnsetType = UNSET
     service_tier: str | None | UnsetType = UNSET
     obfuscation: str | UnsetType = UNSET
+    prompt_filter_results: list[Any] | UnsetType = UNSET
+    """Azure OpenAI's content-filter annotations of the prompt, passed through."""
     error: ErrorDetail | UnsetType = UNSET
     """Set when an upstream sent an in-band error event; never forwarded as a chunk."""
 

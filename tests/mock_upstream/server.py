@@ -508,6 +508,84 @@ _MALFORMED = b"data: {not json\n\n"
 
 
 # ---------------------------------------------------------------------------
+# Dialects: how a provider family spells errors.  The default is OpenAI's;
+# the other families (anthropic_wire.py, gemini_wire.py, azure_wire.py,
+# mistral_wire.py) subclass it and register their paths through ``Route``.
+# ---------------------------------------------------------------------------
+
+
+class Dialect:
+    """OpenAI's error shapes.  Subclasses override what their provider spells differently."""
+
+    name = "openai"
+    malformed = _MALFORMED
+
+    def status_error(self, status: int, sc: Scenario, path: str) -> _Json:
+        extra = b""
+        if "retry_after" in sc.params:
+            extra += b"retry-after: %s\r\n" % sc.params["retry_after"].encode()
+        if "retry_after_ms" in sc.params:
+            extra += b"retry-after-ms: %s\r\n" % sc.params["retry_after_ms"].encode()
+        if status == 429:
+            extra += b"x-ratelimit-remaining-requests: 0\r\nx-ratelimit-remaining-tokens: 0\r\n"
+        return _Json(status, _status_error(status, sc), extra=extra)
+
+    def context_length(self, sc: Scenario, path: str) -> _Json:
+        param = {"/v1/completions": "prompt", "/v1/embeddings": "input"}.get(path, "messages")
+        msg = sc.params.get(
+            "message",
+            "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+            "131072 tokens. Please reduce the length of the messages.",
+        )
+        return _Json(400, error_body(msg, "invalid_request_error", param, "context_length_exceeded"))
+
+    def auth_error(self, headers: dict) -> _Json:
+        auth = headers.get("authorization")
+        if auth is not None:
+            key = auth[7:] if auth[:7].lower() == "bearer " else auth
+        else:
+            key = headers.get("api-key")
+        if key is not None:
+            msg = (f"Incorrect API key provided: {key}. You can find your API key at "
+                   "https://platform.openai.com/account/api-keys.")
+        else:
+            msg = ("You didn't provide an API key. You need to provide your API key in an Authorization "
+                   "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+        return _Json(401, error_body(msg, "invalid_request_error", None, "invalid_api_key"))
+
+    def error_200_body(self, sc: Scenario) -> bytes:
+        """A 200 whose body is an error (non-stream ``error_200``)."""
+        return _status_error(500, sc)
+
+    def error_event(self, sc: Scenario) -> bytes:
+        """One in-stream error event (``error_200`` streams, ``stream_error``)."""
+        return b"data: " + _status_error(500, sc) + b"\n\n"
+
+    def invalid(self, status: int, message: str, param: str | None = None, code: str | None = None) -> _Json:
+        """A 4xx produced by the mock itself (bad JSON, unknown fault, missing field)."""
+        return _Json(status, error_body(message, "invalid_request_error", param, code))
+
+
+OPENAI = Dialect()
+
+
+class Route:
+    """What a registered path resolves to.  ``model``/``stream`` come from the path when the
+    provider puts them there (Azure deployments, Gemini models); ``check`` validates the request
+    (auth headers, api versions) before any scenario runs and returns an error answer or None."""
+
+    __slots__ = ("check", "dialect", "handler", "model", "stream")
+
+    def __init__(self, handler: Callable, dialect: Dialect = OPENAI, model: str | None = None,
+                 stream: bool | None = None, check: Callable[[dict, dict, Any], _Json | None] | None = None) -> None:
+        self.handler = handler
+        self.dialect = dialect
+        self.model = model
+        self.stream = stream
+        self.check = check
+
+
+# ---------------------------------------------------------------------------
 # Connection protocol
 # ---------------------------------------------------------------------------
 
@@ -755,6 +833,27 @@ class MockUpstream:
             (b"POST", b"/v1/embeddings"): self._embeddings,
             (b"GET", b"/v1/models"): self._models,
         }
+        # Routing extension: matchers for other providers' paths, tried when the table above misses.
+        self._matchers: list[Callable[[bytes, bytes, dict], Route | None]] = []
+        from tests.mock_upstream import extensions
+
+        extensions.register(self)
+
+    def add_matcher(self, matcher: Callable[[bytes, bytes, dict], Route | None]) -> None:
+        """``matcher(method, path, query)`` returns a Route for the paths it serves, else None."""
+        self._matchers.append(matcher)
+
+    def _resolve(self, method: bytes, path: bytes, query: dict) -> Route | None:
+        fn = self._routes.get((method, path))
+        if fn is not None:
+            return Route(fn)
+        if method == b"GET" and path.startswith(b"/v1/models/"):
+            return Route(self._model_get)
+        for matcher in self._matchers:
+            found = matcher(method, path, query)
+            if found is not None:
+                return found
+        return None
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -845,21 +944,21 @@ class MockUpstream:
         if self.log_enabled:
             self._append_log(rec)
 
-        route = self._routes.get((method, path))
-        if route is None and method == b"GET" and path.startswith(b"/v1/models/"):
-            route = self._model_get
-        if route is None:
+        q = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)) if query else {}
+        if q:
+            rec["query"] = q
+        resolved = self._resolve(method, path, q)
+        if resolved is None:
             status = 405 if any(p == path for (_, p) in self._routes) else 404
             self._finish_json(conn, rec, _Json(status, _invalid_url(rec["method"], rec["path"])), ka, rid, "error")
             return
+        route, dialect = resolved.handler, resolved.dialect
 
         parsed: Any = None
         if method == b"POST":
             if chunked:
                 self._finish_json(
-                    conn, rec,
-                    _Json(400, error_body("Chunked request bodies are not supported by the mock upstream.",
-                                          "invalid_request_error")),
+                    conn, rec, dialect.invalid(400, "Chunked request bodies are not supported by the mock upstream."),
                     ka, rid, "error",
                 )
                 return
@@ -870,10 +969,10 @@ class MockUpstream:
             if not isinstance(parsed, dict):
                 self._finish_json(
                     conn, rec,
-                    _Json(400, error_body(
+                    dialect.invalid(400,
                         "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
                         "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
-                        "sent was not valid JSON.)", "invalid_request_error")),
+                        "sent was not valid JSON.)"),
                     ka, rid, "error",
                 )
                 return
@@ -881,9 +980,14 @@ class MockUpstream:
         else:
             parsed = {}
 
-        model = parsed.get("model")
+        model = resolved.model if resolved.model is not None else parsed.get("model")
         rec["model"] = model
-        rec["stream"] = stream = parsed.get("stream") is True
+        rec["stream"] = stream = resolved.stream if resolved.stream is not None else parsed.get("stream") is True
+        if resolved.check is not None:
+            refused = resolved.check(headers, q, parsed)
+            if refused is not None:
+                self._finish_json(conn, rec, refused, ka, rid, "error")
+                return
         raw = headers.get("x-mock-scenario")
         if raw is None:
             if isinstance(model, str):
@@ -897,9 +1001,7 @@ class MockUpstream:
                     raw = model
             elif method == b"POST":
                 self._finish_json(
-                    conn, rec,
-                    _Json(400, error_body("you must provide a model parameter", "invalid_request_error")),
-                    ka, rid, "error",
+                    conn, rec, dialect.invalid(400, "you must provide a model parameter"), ka, rid, "error",
                 )
                 return
             else:
@@ -908,7 +1010,7 @@ class MockUpstream:
         sc = parse_scenario(raw)
 
         if sc.is_fault:
-            self._fault(conn, rec, sc, route, parsed, stream, ka, rid, headers)
+            self._fault(conn, rec, sc, route, parsed, stream, ka, rid, headers, dialect)
             return
 
         plan = route(parsed, sc, stream, rec)
@@ -1016,7 +1118,7 @@ class MockUpstream:
 
     # -- faults ---------------------------------------------------------------
     def _fault(self, conn: _Conn, rec: dict, sc: Scenario, route: Callable, body: dict, stream: bool,
-               ka: bool, rid: str, headers: dict) -> None:
+               ka: bool, rid: str, headers: dict, dialect: Dialect = OPENAI) -> None:
         name = sc.name
         outcome = "fault:" + name
         path = rec["path"]
@@ -1026,39 +1128,15 @@ class MockUpstream:
             status = sc.int("code", 500)
 
         if name == "status":
-            extra = b""
-            if "retry_after" in sc.params:
-                extra += b"retry-after: %s\r\n" % sc.params["retry_after"].encode()
-            if "retry_after_ms" in sc.params:
-                extra += b"retry-after-ms: %s\r\n" % sc.params["retry_after_ms"].encode()
-            if status == 429:
-                extra += b"x-ratelimit-remaining-requests: 0\r\nx-ratelimit-remaining-tokens: 0\r\n"
-            plan = _Json(status, _status_error(status, sc), extra=extra)
+            plan = dialect.status_error(status, sc, path)
             return self._json_maybe_delayed(conn, rec, plan, ka, rid, sc.num("delay"), outcome)
 
         if name == "context_length":
-            param = {"/v1/completions": "prompt", "/v1/embeddings": "input"}.get(path, "messages")
-            msg = sc.params.get(
-                "message",
-                "This model's maximum context length is 128000 tokens. However, your messages resulted in "
-                "131072 tokens. Please reduce the length of the messages.",
-            )
-            plan = _Json(400, error_body(msg, "invalid_request_error", param, "context_length_exceeded"))
+            plan = dialect.context_length(sc, path)
             return self._json_maybe_delayed(conn, rec, plan, ka, rid, sc.num("delay"), outcome)
 
         if name == "auth":
-            auth = headers.get("authorization")
-            if auth is not None:
-                key = auth[7:] if auth[:7].lower() == "bearer " else auth
-            else:
-                key = headers.get("api-key")
-            if key is not None:
-                msg = (f"Incorrect API key provided: {key}. You can find your API key at "
-                       "https://platform.openai.com/account/api-keys.")
-            else:
-                msg = ("You didn't provide an API key. You need to provide your API key in an Authorization "
-                       "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
-            plan = _Json(401, error_body(msg, "invalid_request_error", None, "invalid_api_key"))
+            plan = dialect.auth_error(headers)
             return self._json_maybe_delayed(conn, rec, plan, ka, rid, sc.num("delay"), outcome)
 
         if name == "redirect":
@@ -1086,21 +1164,28 @@ class MockUpstream:
             return
 
         if name == "error_200":
-            err = _status_error(500, sc)
             if stream:
-                events = [(b"data: " + err + b"\n\n", False)]
+                events = [(dialect.error_event(sc), False)]
                 conn.spawn(self._stream(conn, rec, events, ka, rid, 0.0, 0.0, "end", outcome), rec)
             else:
-                self._finish_json(conn, rec, _Json(200, err), ka, rid, outcome)
+                self._finish_json(conn, rec, _Json(200, dialect.error_200_body(sc)), ka, rid, outcome)
             return
 
-        if name not in ("slow_first", "cut", "stall", "drip", "malformed"):
-            plan = _Json(400, error_body(f"Unknown mock fault {sc.raw!r}.", "invalid_request_error", "model",
-                                         "unknown_mock_fault"))
+        if name not in ("slow_first", "cut", "stall", "drip", "malformed", "stream_error"):
+            plan = dialect.invalid(400, f"Unknown mock fault {sc.raw!r}.", "model", "unknown_mock_fault")
             return self._finish_json(conn, rec, plan, ka, rid, "error")
 
         # Delivery faults: build the normal answer, then mangle its delivery.
         plan = route(body, sc, stream, rec)
+        if isinstance(plan, _Json) and plan.status != 200:
+            return self._finish_json(conn, rec, plan, ka, rid, "error")  # the request itself was refused
+
+        if name == "stream_error":
+            if isinstance(plan, _Json):  # non-stream: the error arrives as a 200 error body
+                return self._finish_json(conn, rec, _Json(200, dialect.error_200_body(sc)), ka, rid, outcome)
+            events = [*plan.events[: plan.prefix + max(0, sc.int("after", 3))], (dialect.error_event(sc), False)]
+            conn.spawn(self._stream(conn, rec, events, ka, rid, 0.0, sc.num("delay"), "end", outcome), rec)
+            return
 
         if name == "slow_first":
             delay = sc.num("delay", 1.0)
@@ -1121,7 +1206,7 @@ class MockUpstream:
                 at = max(1, sc.int("at", 2))
                 ev = plan.events
                 if at <= len(ev):
-                    ev[at - 1] = (_MALFORMED, ev[at - 1][1])
+                    ev[at - 1] = (dialect.malformed, ev[at - 1][1])
                 conn.spawn(self._stream(conn, rec, ev, ka, rid, 0.0, sc.num("delay"), "end", outcome), rec)
             return
 
@@ -1234,8 +1319,10 @@ class MockUpstream:
             params = tool.get("parameters")
             args = json.dumps(_fill_schema(params if isinstance(params, dict) else {}, params))
             frags = _FRAG_RE.findall(args)
-            call_ids = [self._next_id("call_") for _ in range(n)]
-            usage = _usage(ptoks, len(frags) * n)
+            # tool_calls=N: N parallel calls of the chosen tool (one when parallel_tool_calls is false).
+            k = 1 if body.get("parallel_tool_calls") is False else max(1, min(sc.int("tool_calls", 1), 64))
+            call_ids = [[self._next_id("call_") for _ in range(k)] for _ in range(n)]
+            usage = _usage(ptoks, len(frags) * n * k)
             if not stream:
                 choices = [
                     {
@@ -1244,7 +1331,8 @@ class MockUpstream:
                             "role": "assistant",
                             "content": None,
                             "tool_calls": [
-                                {"id": call_ids[i], "type": "function", "function": {"name": name, "arguments": args}}
+                                {"id": cid_, "type": "function", "function": {"name": name, "arguments": args}}
+                                for cid_ in call_ids[i]
                             ],
                             "refusal": None,
                             "annotations": [],
@@ -1254,24 +1342,22 @@ class MockUpstream:
                     }
                     for i in range(n)
                 ]
-                return _Json(200, self._chat_body(cid, created, model, choices, usage), tokens=len(frags))
+                return _Json(200, self._chat_body(cid, created, model, choices, usage), tokens=len(frags) * k)
             pre, suf = self._chunk_affixes(cid, created, model, body, "chat.completion.chunk")
             events: list[tuple[bytes, bool]] = []
-            for i in range(n):
-                delta = {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {"index": 0, "id": call_ids[i], "type": "function",
-                         "function": {"name": name, "arguments": ""}}
-                    ],
-                    "refusal": None,
-                }
-                events.append((self._chunk(pre, suf, [_cchoice(i, delta, None, None)]), False))
-            for f in frags:
+            for j in range(k):
                 for i in range(n):
-                    delta = {"tool_calls": [{"index": 0, "function": {"arguments": f}}]}
-                    events.append((self._chunk(pre, suf, [_cchoice(i, delta, None, None)]), True))
+                    head = {"index": j, "id": call_ids[i][j], "type": "function",
+                            "function": {"name": name, "arguments": ""}}
+                    if j == 0:
+                        delta = {"role": "assistant", "content": None, "tool_calls": [head], "refusal": None}
+                    else:
+                        delta = {"tool_calls": [head]}
+                    events.append((self._chunk(pre, suf, [_cchoice(i, delta, None, None)]), j > 0))
+                for f in frags:
+                    for i in range(n):
+                        delta = {"tool_calls": [{"index": j, "function": {"arguments": f}}]}
+                        events.append((self._chunk(pre, suf, [_cchoice(i, delta, None, None)]), True))
             for i in range(n):
                 events.append((self._chunk(pre, suf, [_cchoice(i, {}, None, "tool_calls")]), False))
             return self._finish_events(events, n, pre, usage, body)

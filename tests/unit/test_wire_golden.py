@@ -141,6 +141,7 @@ def test_error_body_keeps_all_four_keys_even_when_null() -> None:
 
 # ---------------------------------------------------------------- streams
 
+
 def test_text_stream_chunks_round_trip() -> None:
     chunks = stream_chunks("chat_stream.sse")
     assert len(chunks) == 7

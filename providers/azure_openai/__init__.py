@@ -1,0 +1,1 @@
+"""Azure OpenAI: OpenAI's chat, completions and embeddings bodies, addressed by deployment."""

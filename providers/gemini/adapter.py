@@ -1,0 +1,207 @@
+"""The Gemini adapter: I/O only. Translation lives in translate.py, error mapping in errors.py.
+
+POST {base}/{version}/models/{model}:generateContent, :streamGenerateContent?alt=sse and
+:batchEmbedContents, with the key in `x-goog-api-key` (ai.google.dev/api, read 2026-06).
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from providers._http import (
+    aiter_sse,
+    decode_or_protocol_error,
+    error_from_response,
+    error_from_transport,
+    make_client,
+    parse_retry_after,
+)
+from providers.base import Call, Inbound, Timeouts
+from providers.errors import InvalidRequest, UpstreamProtocolError, UpstreamSilent, UpstreamTimeout
+from providers.gemini import translate, wire
+from providers.gemini.config import GeminiConf
+from providers.gemini.errors import error_from_body
+from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest
+from providers.schema.completions import Completion, CompletionRequest, EmbeddingRequest, EmbeddingResponse
+from providers.secrets import Secret
+
+T = TypeVar("T")
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class GeminiProvider:
+    """Google's Gemini API behind the OpenAI chat and embeddings endpoints."""
+
+    capabilities: frozenset[str] = frozenset({"tools", "json_schema", "vision", "logprobs", "reasoning", "embeddings"})
+
+    def __init__(
+        self,
+        name: str,
+        conf: GeminiConf,
+        key: Secret | None,
+        timeouts: Timeouts,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not conf.base_url:
+            raise ValueError(f"provider {name}: base_url is required")
+        self.name = name
+        self._version = conf.api_version.strip("/")
+        self._thinking = conf.thinking
+        headers = {"content-type": "application/json", "accept": "application/json", **conf.headers}
+        if key is not None:
+            headers["x-goog-api-key"] = key.reveal()
+        if transport is None:
+            self._client = make_client(
+                base_url=conf.base_url, headers=headers, connect_s=timeouts.connect_s, read_s=timeouts.idle_s
+            )
+        else:  # tests: the same client settings over an injected transport
+            self._client = httpx.AsyncClient(
+                base_url=conf.base_url.rstrip("/"),
+                headers=headers,
+                transport=transport,
+                timeout=httpx.Timeout(connect=timeouts.connect_s, read=timeouts.idle_s, write=None, pool=None),
+                follow_redirects=False,
+                trust_env=False,
+            )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ------------------------------------------------------------ public API
+
+    async def chat(self, inbound: Inbound[ChatRequest], call: Call) -> ChatCompletion:
+        req = translate.with_overrides(inbound.typed, call.overrides)
+        body = self._chat_body(req, call)
+        raw = await self._post(self._path(call, "generateContent"), body, call)
+        resp = decode_or_protocol_error(wire.decode_response, raw, provider=self.name)
+        return translate.from_gemini_response(resp, self._context(req, call))
+
+    def chat_stream(self, inbound: Inbound[ChatRequest], call: Call) -> AsyncIterator[ChatCompletionChunk]:
+        req = translate.with_overrides(inbound.typed, call.overrides)
+        body = self._chat_body(req, call)  # a request Gemini cannot take fails here, before any I/O
+        state = translate.StreamState(ctx=self._context(req, call))
+        return self._stream(self._path(call, "streamGenerateContent"), body, call, state)
+
+    async def completion(self, inbound: Inbound[CompletionRequest], call: Call) -> Completion:
+        raise _no_completions(self.name)
+
+    async def completion_stream(self, inbound: Inbound[CompletionRequest], call: Call) -> AsyncIterator[Completion]:
+        raise _no_completions(self.name)
+        yield  # pragma: no cover - makes this an async generator
+
+    async def embeddings(self, inbound: Inbound[EmbeddingRequest], call: Call) -> EmbeddingResponse:
+        req = inbound.typed
+        body = wire.encode(translate.to_gemini_embeddings(req, model=call.upstream_model))
+        raw = await self._post(self._path(call, "batchEmbedContents"), body, call)
+        resp = decode_or_protocol_error(wire.decode_embeddings, raw, provider=self.name)
+        return translate.from_gemini_embeddings(
+            resp, model=call.upstream_model, encoding_format=req.encoding_format, provider=self.name
+        )
+
+    # ------------------------------------------------------------ internals
+
+    def _path(self, call: Call, method: str) -> str:
+        model = quote(call.upstream_model.removeprefix("models/"), safe="-._~")
+        return f"/{self._version}/models/{model}:{method}"
+
+    def _chat_body(self, req: ChatRequest, call: Call) -> bytes:
+        mode = translate.thinking_mode(call.upstream_model, self._thinking)
+        return wire.encode(translate.to_gemini_request(req, thinking=mode))
+
+    def _context(self, req: ChatRequest, call: Call) -> translate.Context:
+        return translate.context_for(
+            req, model=call.upstream_model, created=int(time.time()), request_id=call.request_id, provider=self.name
+        )
+
+    async def _post(self, path: str, body: bytes, call: Call) -> bytes:
+        try:
+            async with asyncio.timeout_at(_loop_deadline(call.deadline)):
+                response = await self._client.post(path, content=body, headers=call.headers)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{self.name}: no complete answer before the request deadline", provider=self.name
+            ) from None
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, provider=self.name) from None
+        if response.status_code != 200:
+            raise self._error(response, response.content)
+        return response.content
+
+    async def _stream(
+        self, path: str, body: bytes, call: Call, state: translate.StreamState
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        request = self._client.build_request("POST", path, params={"alt": "sse"}, content=body, headers=call.headers)
+        headers_by = min(call.deadline, time.monotonic() + call.timeouts.headers_s)
+        try:
+            async with asyncio.timeout_at(_loop_deadline(headers_by)):
+                response = await self._client.send(request, stream=True)
+        except TimeoutError:
+            raise UpstreamSilent(
+                f"{self.name}: no response headers within {call.timeouts.headers_s:g}s", provider=self.name
+            ) from None
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, provider=self.name) from None
+        try:
+            if response.status_code != 200:
+                raise self._error(response, await _read_capped(response))
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                raise self._not_a_stream(await _read_capped(response))
+            async for data in aiter_sse(response.aiter_bytes()):
+                event = decode_or_protocol_error(wire.decode_response, data, provider=self.name)
+                for chunk in translate.step(state, event):
+                    yield chunk
+            for chunk in translate.finish(state):
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, provider=self.name) from None
+        finally:
+            await response.aclose()
+
+    def _error(self, response: httpx.Response, body: bytes) -> Exception:
+        if 300 <= response.status_code < 400:
+            return error_from_response(response.status_code, response.headers, body, provider=self.name)
+        retry_after = parse_retry_after(response.headers)
+        return error_from_body(response.status_code, body, provider=self.name, retry_after_s=retry_after)
+
+    def _not_a_stream(self, body: bytes) -> Exception:
+        """A 200 that is not SSE: an error body (mapped like any error) or garbage (a protocol error)."""
+        error = _try(wire.decode_error, body)
+        if error is not None:
+            return error_from_body(0, body, provider=self.name)
+        return UpstreamProtocolError(
+            f"{self.name}: upstream answered a stream request without an event stream", provider=self.name
+        )
+
+
+def _no_completions(provider: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{provider}: Gemini has no legacy completions endpoint; use /v1/chat/completions", param="model"
+    )
+
+
+def _try(decode: Callable[[bytes], T], body: bytes) -> T | None:
+    try:
+        return decode(body)
+    except msgspec.DecodeError:
+        return None
+
+
+def _loop_deadline(deadline: float) -> float:
+    """Convert a time.monotonic() deadline to the running loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    body = b""
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) >= _MAX_ERROR_BODY:
+            break
+    return body

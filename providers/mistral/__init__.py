@@ -1,0 +1,1 @@
+"""Mistral La Plateforme (api.mistral.ai): chat completions and embeddings, natively translated."""
