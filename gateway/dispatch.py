@@ -155,28 +155,30 @@ async def _with_retries(
 async def open_stream(provider_stream: AsyncIterator[C], call: Call, provider: str = "upstream") -> Committed[C]:
     """Read a stream up to its commit point: the first chunk carrying content or a tool call.
 
-    The first-token timeout applies only when another attempt or deployment could still answer;
-    the last candidate is given until the request deadline.
+    The first-token limit runs until the upstream shows progress (answer or reasoning text) and
+    applies only when another attempt or deployment could still answer: the last candidate is given
+    until the request deadline. Once reasoning flows, each gap is bounded by the idle timeout.
     """
-    limit = call.deadline
-    if call.has_fallback:
-        limit = min(limit, time.monotonic() + call.timeouts.first_token_s)
+    timeouts = call.timeouts
+    limit = min(call.deadline, time.monotonic() + timeouts.first_token_s) if call.has_fallback else call.deadline
+    waiting_for = f"no first token within {timeouts.first_token_s:g}s"
     held: list[C] = []
     try:
-        async with asyncio.timeout_at(_loop_time(limit)):
-            while True:
-                try:
+        while True:
+            try:
+                async with asyncio.timeout_at(_loop_time(limit)):
                     chunk = await anext(provider_stream)
-                except StopAsyncIteration:
-                    return Committed(held=held, rest=provider_stream, ended=True)
-                held.append(chunk)
-                if chunk.carries_answer():  # type: ignore[attr-defined]
-                    return Committed(held=held, rest=provider_stream, ended=False)
+            except StopAsyncIteration:
+                return Committed(held=held, rest=provider_stream, ended=True)
+            held.append(chunk)
+            if chunk.carries_answer():  # type: ignore[attr-defined]
+                return Committed(held=held, rest=provider_stream, ended=False)
+            if chunk.shows_progress():  # type: ignore[attr-defined]
+                limit = min(call.deadline, time.monotonic() + timeouts.idle_s)
+                waiting_for = f"reasoning stalled for {timeouts.idle_s:g}s before the answer"
     except TimeoutError:
         await _close(provider_stream)
-        raise UpstreamSilent(
-            f"{provider}: no first token within {call.timeouts.first_token_s:g}s", provider=provider
-        ) from None
+        raise UpstreamSilent(f"{provider}: {waiting_for}", provider=provider) from None
     except BaseException:
         await _close(provider_stream)
         raise

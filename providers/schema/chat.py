@@ -331,6 +331,10 @@ class Delta(Out):
     thinking_blocks: list[dict[str, Any]] | UnsetType = UNSET
     """Anthropic: a thinking block's signature once it is known (see ResponseMessage.thinking_blocks)."""
 
+    def shows_progress(self) -> bool:
+        """True when the upstream is generating: answer or reasoning text (liveness, not the commit point)."""
+        return self.carries_answer() or bool(self.reasoning_content) or bool(self.reasoning)
+
     def carries_answer(self) -> bool:
         """True once this delta holds content or a tool call: the stream's commit point."""
         return bool(self.content) or bool(self.tool_calls) or bool(self.refusal) or bool(self.function_call)
@@ -362,3 +366,6 @@ class ChatCompletionChunk(Out):
 
     def carries_answer(self) -> bool:
         return any(c.delta.carries_answer() for c in self.choices)
+
+    def shows_progress(self) -> bool:
+        return any(c.delta.shows_progress() for c in self.choices)

@@ -68,6 +68,9 @@ class Completion(Out):
     def carries_answer(self) -> bool:
         return any(c.text for c in self.choices)
 
+    def shows_progress(self) -> bool:
+        return self.carries_answer()
+
 
 class EmbeddingRequest(Wire):
     model: str
