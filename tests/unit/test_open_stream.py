@@ -8,7 +8,7 @@ import pytest
 from gateway.dispatch import open_stream
 from providers.base import Call, Timeouts
 from providers.errors import UpstreamSilent
-from providers.schema.chat import ChatCompletionChunk, ChunkChoice, Delta
+from providers.schema.chat import ChatCompletionChunk, ChunkChoice, Delta, ToolCallDelta
 
 
 def chunk(**delta) -> ChatCompletionChunk:
@@ -40,8 +40,6 @@ async def test_commits_on_first_content_and_holds_the_role_chunk():
 
 
 async def test_tool_call_is_a_commit_point():
-    from providers.schema.chat import OutFunctionCall, ToolCallDelta  # noqa: F401
-
     stream = paced([chunk(tool_calls=[ToolCallDelta(index=0, id="c1")])], [0])
     assert len((await open_stream(stream, call())).held) == 1
 
