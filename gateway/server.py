@@ -1,4 +1,7 @@
-"""Runs the gateway: loads the policy, serves the client and admin listeners, drains on SIGTERM."""
+"""Runs the gateway: loads the policy, serves the client and admin listeners, drains on SIGTERM.
+
+Local engines (providers with `engine:`) are launched with the listeners and stopped after them.
+"""
 
 import asyncio
 import contextlib
@@ -6,7 +9,7 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -16,7 +19,13 @@ from gateway.reload import PolicyWatcher
 from gateway.runtime import build_runtime, retire
 from gateway.state import GatewayState, ReloadStatus
 from gateway.telemetry import setup_tracing
+from local_engine.fleet import Engines
+from local_engine.runfiles import default_run_dir
+from local_engine.supervisor import EngineStatus, EngineSupervisor
 from policies.loader import parse_policy
+from policies.schema import Policy
+from policies.signals import EngineSignals
+from providers.openai_compat.config import VllmConf
 
 log = logging.getLogger("escalade")
 
@@ -70,6 +79,30 @@ def load_state(policy_path: Path, listen_host: str) -> GatewayState:
     return GatewayState(runtime=runtime, status=status, loopback=is_loopback(listen_host), policy_path=policy_path)
 
 
+def policy_engines(
+    policy: Policy,
+    *,
+    owner: str,
+    on_change: Callable[[EngineStatus], None] | None = None,
+    run_dir: Path | None = None,
+    only: set[str] | None = None,
+) -> Engines:
+    """A supervisor for every `vllm` provider with `engine:` (or those named in `only`). Raises ValueError."""
+    supervisors = [
+        EngineSupervisor(
+            name,
+            conf.engine,
+            conf.base_url or "",
+            run_dir=run_dir or default_run_dir(),
+            owner=owner,
+            on_change=on_change,
+        )
+        for name, conf in policy.providers.items()
+        if isinstance(conf, VllmConf) and conf.engine is not None and (only is None or name in only)
+    ]
+    return Engines(supervisors)
+
+
 class Gateway:
     """The running gateway: client listener, admin listener, policy watcher. One per process."""
 
@@ -89,6 +122,11 @@ class Gateway:
                 raise ValueError("admin_listen is not loopback: set server.admin_token_env to protect it")
             self._servers.append(_Server(_uvicorn_config(create_admin_app(self.state), self.admin_host, admin_port)))
         self._watcher = PolicyWatcher(self.state, server_conf.reload_interval_s)
+        self.state.engines = policy_engines(
+            self.state.runtime.policy, owner="serve", on_change=self.state.engine_changed
+        )
+        # Until the first probe says otherwise, an engine is not ready: route around it.
+        self.state.signals = {e.name: EngineSignals(ready=False, state="starting") for e in self.state.engines}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -120,16 +158,22 @@ class Gateway:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._begin_stop)
         self._watcher.start()
+        self.state.engines.start()
         try:
             await asyncio.gather(*(server.serve() for server in self._servers))
         finally:
             await self._watcher.stop()
+            await self.state.engines.stop()  # after the listeners drained: in-flight requests finish first
             await retire(self.state.runtime, None, grace_s=0)
 
     def banner(self) -> str:
         routes = ", ".join(self.state.runtime.policy.routes) or "none"
         admin = f"; admin http://{self.admin_host}:{self.admin_port}" if self.admin_host else ""
-        return f"escalade {self.state.runtime.version}: serving http://{self.host}:{self.port}/v1 (routes: {routes}){admin}"
+        engines = "".join(f"; engine {e.name} at {e.origin} (log {e.log_path})" for e in self.state.engines)
+        return (
+            f"escalade {self.state.runtime.version}: serving http://{self.host}:{self.port}/v1 (routes: {routes})"
+            f"{admin}{engines}"
+        )
 
 
 def _bound_port(server: uvicorn.Server) -> int:

@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.runtime import Runtime
+from local_engine.fleet import Engines
+from local_engine.supervisor import EngineStatus
+from policies.signals import EngineSignals, Signals
 
 
 @dataclass(slots=True)
@@ -30,6 +33,14 @@ class GatewayState:
     """The client listener is bound to a loopback address (keyless access is allowed only then)."""
     policy_path: Path | None = None
     ready: bool = True
+    engines: Engines = field(default_factory=Engines)
+    """The local engines this gateway supervises (providers with `engine:`)."""
+    signals: Signals = field(default_factory=dict)
+    """Provider -> live engine signals for routing; replaced whole (never mutated) on every change."""
+
+    def engine_changed(self, status: EngineStatus) -> None:
+        """Supervisor callback: publish the engine's new state to routing."""
+        self.signals = {**self.signals, status.name: engine_signals(status)}
 
     def swap(self, runtime: Runtime) -> Runtime:
         """Install a new runtime atomically; returns the one it replaced."""
@@ -40,3 +51,14 @@ class GatewayState:
         self.status.last_error = None
         self.status.last_error_at = None
         return old
+
+
+def engine_signals(status: EngineStatus) -> EngineSignals:
+    load = status.load
+    return EngineSignals(
+        ready=status.ready,
+        state=status.phase.value,
+        waiting=load.waiting if load else None,
+        running=load.running if load else None,
+        kv_cache_usage=load.kv_cache_usage if load else None,
+    )

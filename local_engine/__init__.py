@@ -1,1 +1,1 @@
-"""The local vLLM engine: command line, launch and supervision (see the local-engine issue)."""
+"""The local vLLM engine: its command line, launch and supervision, health and load (see README.md)."""

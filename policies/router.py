@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.schema import ModelConf, Policy, RouteConf
+from policies.signals import NO_SIGNALS, Signals, retry_after_s, skip_reason
+from providers.errors import NoEligibleRoute
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,19 +22,51 @@ class Plan:
     route: str
     strategy: str
     candidates: tuple[Candidate, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    """(deployment, why) for each deployment the live signals ruled out."""
 
 
-def plan(policy: Policy, route_name: str) -> Plan:
-    """The deployments a request to `route_name` tries, in order (strategy `priority`)."""
+def plan(policy: Policy, route_name: str, signals: Signals = NO_SIGNALS) -> Plan:
+    """The deployments a request to `route_name` tries, in order (strategy `priority`).
+
+    `signals` are the gateway's live view of its local engines: a deployment whose engine is not
+    ready, or whose queue is deeper than the model's `max_queue`, is skipped. When that leaves
+    nothing, NoEligibleRoute (503) says why, with a Retry-After.
+    """
     route = policy.routes[route_name]
+    candidates: list[Candidate] = []
+    skipped: list[tuple[str, str]] = []
+    for candidate in _candidates(policy, route):
+        reason = skip_reason(candidate.model, signals) if signals else None
+        if reason is None:
+            candidates.append(candidate)
+        else:
+            skipped.append((candidate.name, reason))
+    if skipped and not candidates:
+        why = "; ".join(f"{name}: {reason}" for name, reason in dict.fromkeys(skipped))
+        providers = {policy.models[name].provider for name, _ in skipped}
+        raise NoEligibleRoute(
+            f"route {route_name} has no deployment that can take a request now ({why})",
+            retry_after_s=retry_after_s(signals, providers),
+        )
+    return Plan(route=route_name, strategy=route.strategy, candidates=tuple(candidates), skipped=tuple(skipped))
+
+
+def _candidates(policy: Policy, route: RouteConf) -> list[Candidate]:
+    """The route's models in order; with rungs, each rung's reasoning_effort rides on its models."""
     overrides = _route_overrides(route)
-    candidates = tuple(Candidate(name, policy.models[name], overrides) for name in _model_names(route))
-    return Plan(route=route_name, strategy=route.strategy, candidates=candidates)
-
-
-def _model_names(route: RouteConf) -> list[str]:
-    names = list(route.models) or [m for rung in route.rungs for m in rung.models]
-    return list(dict.fromkeys(names))  # keep order, drop repeats
+    if route.models:
+        return [Candidate(name, policy.models[name], overrides) for name in dict.fromkeys(route.models)]
+    seen: set[tuple[str, str | None]] = set()
+    result: list[Candidate] = []
+    for rung in route.rungs:
+        effort = rung.reasoning_effort if rung.reasoning_effort is not None else route.reasoning_effort
+        rung_overrides = {**overrides, "reasoning_effort": effort} if effort is not None else overrides
+        for name in rung.models:
+            if (name, effort) not in seen:  # keep order, drop repeats
+                seen.add((name, effort))
+                result.append(Candidate(name, policy.models[name], rung_overrides))
+    return result
 
 
 def _route_overrides(route: RouteConf) -> dict[str, Any]:

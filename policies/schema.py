@@ -3,7 +3,7 @@
 Every Struct here is frozen: a loaded policy is an immutable value that hot reload swaps whole.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -56,6 +56,10 @@ class ModelConf(Conf):
     capabilities: list[Capability] = []
     local: bool = False
     """Counts as "data stays here" for data-residency rules."""
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Skip this deployment (spill to the route's next one) while more than this many requests wait in
+    its engine's queue (vLLM's `vllm:num_requests_waiting`). Only for models on a `vllm` provider with
+    `engine:`, whose /metrics escalade polls; None: never skipped for load."""
 
 
 Strategy = Literal["priority", "weighted", "lowest_cost", "lowest_latency", "cascade"]

@@ -78,7 +78,7 @@ async def _prepare(request: Request[Any, Any, Any], decode: Callable[[bytes], An
     check_caps(inbound.typed, server)
     route = inbound.typed.model
     authorize_route(principal, route, runtime)
-    the_plan: Plan = plan(runtime.policy, route)
+    the_plan: Plan = plan(runtime.policy, route, state.signals)
     deadline = time.monotonic() + runtime.policy.timeouts.total_s
     return Prepared(
         state=state,
