@@ -191,6 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream request otherwise
     try:
         import uvloop
 

@@ -38,8 +38,9 @@ class GatewayThread:
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
-        self.gateway.stop()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.gateway.stop()
+            self._thread.join(timeout)
 
     @property
     def state(self) -> Any:
