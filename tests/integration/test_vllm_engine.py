@@ -265,12 +265,14 @@ def test_engine_killed_mid_run_falls_back_then_comes_back(stack: Stack) -> None:
     ask = {"model": "auto", "messages": USER, "max_tokens": 8}
     assert stack.client().chat.completions.with_raw_response.create(**ask).headers["x-escalade-model"] == "tiny"
 
-    # A long answer is being generated when the engine's whole process group is killed: that request,
-    # not yet committed to the client, falls back; so do the next ones.
+    # A request is in flight at the engine when its whole process group is killed: that request, not
+    # yet committed to the client, falls back; so do the next ones. The group is frozen first so that
+    # the request is surely still at the engine when the kill lands, however fast the engine is.
     long = {**ask, "max_tokens": 1500, "extra_body": {"ignore_eos": True}}
     with ThreadPoolExecutor(1) as pool:
+        os.killpg(old, signal.SIGSTOP)
         in_flight = pool.submit(stack.client().chat.completions.with_raw_response.create, **long)
-        wait_for(lambda: stack.engine.status.load is not None and stack.engine.status.load.running == 1, 10)
+        time.sleep(0.5)
         os.killpg(old, signal.SIGKILL)
         raw = in_flight.result(timeout=60)
     assert raw.headers["x-escalade-model"] == "backup"
