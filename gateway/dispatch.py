@@ -9,14 +9,15 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, stop_never
 
 from gateway.runtime import Runtime
-from gateway.telemetry import tracer
+from gateway.telemetry import tracer, tracing_active
 from policies.retry import Step, next_step
 from policies.router import Candidate, Plan
 from providers.base import Call, Provider
@@ -92,24 +93,28 @@ class _Counter:
 async def _with_retries(
     req: Request, candidate: Candidate, provider: Provider, attempt: Attempt[R], counter: _Counter, is_last: bool
 ) -> R:
+    """One deployment: the first attempt runs bare (the common, successful case pays nothing for
+    retry machinery); after a failure the policy's decision says whether tenacity drives more."""
     conf = req.runtime.policy.retries
-    timeouts = req.runtime.policy.timeouts
 
-    def decide(state: RetryCallState) -> bool:
-        error = state.outcome.exception() if state.outcome else None
-        if not isinstance(error, GatewayError):
-            return False  # cancellation and bugs are not retried
+    def step_after(error: GatewayError, attempt_number: int) -> Step:
         step = next_step(
             error,
-            attempt=state.attempt_number,
+            attempt=attempt_number,
             conf=conf,
             now=time.monotonic(),
             deadline=req.deadline,
             rand=random.random(),  # noqa: S311 - jitter, not cryptography
         )
         error.escalade_step = step.action  # type: ignore[attr-defined]
-        state.escalade_step = step  # type: ignore[attr-defined]
-        return step.action == "retry"
+        return step
+
+    def decide(state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        if not isinstance(error, GatewayError):
+            return False  # cancellation and bugs are not retried
+        state.escalade_step = step_after(error, counter.n)  # type: ignore[attr-defined]
+        return state.escalade_step.action == "retry"  # type: ignore[attr-defined]
 
     def wait(state: RetryCallState) -> float:
         step: Step = state.escalade_step  # type: ignore[attr-defined]
@@ -120,27 +125,13 @@ async def _with_retries(
         call = Call(
             request_id=req.request_id,
             upstream_model=candidate.model.model,
-            timeouts=timeouts,
+            timeouts=req.runtime.policy.timeouts,
             deadline=req.deadline,
             overrides=candidate.overrides,
             headers={"x-request-id": req.request_id},
             has_fallback=not is_last,
         )
-        with tracer.start_as_current_span(
-            f"{req.operation} {candidate.model.model}",
-            kind=SpanKind.CLIENT,
-            record_exception=False,
-            set_status_on_exception=False,
-            attributes={
-                "gen_ai.operation.name": req.operation,
-                "gen_ai.provider.name": candidate.model.provider,
-                "gen_ai.request.model": candidate.model.model,
-                "escalade.route": req.plan.route,
-                "escalade.deployment": candidate.name,
-                "escalade.attempt": counter.n,
-                "escalade.policy.version": req.runtime.version,
-            },
-        ) as span:
+        with attempt_span(req, candidate, counter.n) as span:
             try:
                 return await attempt(provider, call)
             except GatewayError as error:
@@ -148,8 +139,37 @@ async def _with_retries(
                 span.set_status(Status(StatusCode.ERROR, error.message))
                 raise
 
+    try:
+        return await one_attempt()
+    except GatewayError as error:
+        first = step_after(error, 1)
+        if first.action != "retry":
+            raise
+        wait_first = first.wait_s
+    await asyncio.sleep(wait_first)
     retrying = AsyncRetrying(stop=stop_never, wait=wait, retry=decide, reraise=True, sleep=asyncio.sleep)
     return await retrying(one_attempt)
+
+
+def attempt_span(req: Request, candidate: Candidate, number: int) -> AbstractContextManager[Any]:
+    """The CLIENT span of one upstream attempt (a no-op, and no span object, while tracing is off)."""
+    if not tracing_active():
+        return nullcontext(INVALID_SPAN)
+    return tracer.start_as_current_span(
+        f"{req.operation} {candidate.model.model}",
+        kind=SpanKind.CLIENT,
+        record_exception=False,
+        set_status_on_exception=False,
+        attributes={
+            "gen_ai.operation.name": req.operation,
+            "gen_ai.provider.name": candidate.model.provider,
+            "gen_ai.request.model": candidate.model.model,
+            "escalade.route": req.plan.route,
+            "escalade.deployment": candidate.name,
+            "escalade.attempt": number,
+            "escalade.policy.version": req.runtime.version,
+        },
+    )
 
 
 async def open_stream(provider_stream: AsyncIterator[C], call: Call, provider: str = "upstream") -> Committed[C]:

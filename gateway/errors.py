@@ -12,6 +12,10 @@ from providers.schema.errors import ErrorBody, ErrorDetail
 
 log = logging.getLogger("escalade.errors")
 
+class ClientDisconnected(Exception):
+    """The client went away before the answer; nothing is sent."""
+
+
 _HTTP_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
@@ -51,4 +55,15 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _response(request, 500, body, {})
 
 
-HANDLERS: dict[Any, Any] = {GatewayError: gateway_error, HTTPException: http_error, Exception: unexpected_error}
+def client_gone(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The client disconnected before its answer: the upstream call was cancelled; nothing to send."""
+    log.debug("client disconnected (request %s)", request.scope.get("escalade_request_id", ""))
+    return Response(content=b"", status_code=499)
+
+
+HANDLERS: dict[Any, Any] = {
+    GatewayError: gateway_error,
+    HTTPException: http_error,
+    ClientDisconnected: client_gone,
+    Exception: unexpected_error,
+}

@@ -4,12 +4,22 @@ With no exporter configured the API's no-op tracer is used, so spans cost next t
 """
 
 import os
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from opentelemetry import trace
 
 tracer = trace.get_tracer("escalade")
 
 _configured = False
+
+
+def tracing_active() -> bool:
+    """True once an SDK tracer provider is installed (by setup_tracing or by the embedding program).
+
+    While it is not, escalade creates no span objects at all: even no-op spans cost measurably.
+    """
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def tracing_requested(env: dict[str, str] | None = None) -> bool:
@@ -43,3 +53,10 @@ def setup_tracing() -> bool:
     trace.set_tracer_provider(provider)
     _configured = True
     return True
+
+
+def server_span(name: str, **attributes: Any) -> AbstractContextManager[trace.Span]:
+    """The SERVER span of one request; a shared no-op span while tracing is off."""
+    if not tracing_active():
+        return nullcontext(trace.INVALID_SPAN)
+    return tracer.start_as_current_span(name, kind=trace.SpanKind.SERVER, attributes=attributes)

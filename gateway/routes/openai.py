@@ -13,15 +13,15 @@ from typing import Any, TypeVar
 from litestar import Request, Response, get, post
 from litestar.response import Stream
 from msgspec import UNSET
-from opentelemetry.trace import SpanKind
 
 from gateway.auth import Principal, authenticate, authorize_route
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
+from gateway.errors import ClientDisconnected
 from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
-from gateway.telemetry import tracer
+from gateway.telemetry import server_span
 from policies.router import Plan, plan, routes_for_key
 from providers.base import Call, Inbound, Provider
 from providers.errors import GatewayError, UpstreamTimeout
@@ -39,10 +39,6 @@ log = logging.getLogger("escalade.stream")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 JSON = "application/json"
 SSE = "text/event-stream"
-
-
-class ClientDisconnected(Exception):
-    """The client went away before the answer; nothing is sent."""
 
 
 @dataclass(slots=True)
@@ -166,8 +162,7 @@ async def _unary(
     request: Request[Any, Any, Any], prep: Prepared, call_provider: ProviderCall, *, priced: bool = True
 ) -> Response[bytes]:
     route = prep.dispatch.plan.route
-    with tracer.start_as_current_span(f"{prep.dispatch.operation} {route}", kind=SpanKind.SERVER) as span:
-        span.set_attribute("escalade.route", route)
+    with server_span(f"{prep.dispatch.operation} {route}", **{"escalade.route": route}) as span:
         work = dispatch(prep.dispatch, lambda provider, call: call_provider(provider, prep.inbound, call))
         answer = await _until_disconnect(request, work)
         span.set_attribute("escalade.deployment", answer.candidate.name)
@@ -210,8 +205,7 @@ async def _stream(
         return await open_stream(open_provider_stream(provider, prep.inbound, call), call, provider.name)
 
     route = prep.dispatch.plan.route
-    with tracer.start_as_current_span(f"{prep.dispatch.operation} {route}", kind=SpanKind.SERVER) as span:
-        span.set_attribute("escalade.route", route)
+    with server_span(f"{prep.dispatch.operation} {route}", **{"escalade.route": route}) as span:
         answer = await _until_disconnect(request, dispatch(prep.dispatch, attempt))
         span.set_attribute("escalade.deployment", answer.candidate.name)
         span.set_attribute("escalade.stream.committed", True)

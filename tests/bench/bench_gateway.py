@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import atexit
 import json
+import math
 import os
 import re
 import shutil
@@ -69,7 +70,7 @@ _STARTED: list[subprocess.Popen[bytes]] = []
 def start(cmd: list[str], *, env: dict[str, str] | None = None, log: Path) -> subprocess.Popen[bytes]:
     """A child in its own session (so it and its own children stop together), output to `log`."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # noqa: S603
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     _STARTED.append(proc)
     return proc
 
@@ -115,7 +116,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: process exited ({proc.returncode}); log:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -183,7 +184,7 @@ def core_jiffies() -> dict[int, tuple[int, int]]:
 
 
 def self_and_children_cpu() -> float:
-    import resource  # noqa: PLC0415
+    import resource
 
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
@@ -197,6 +198,7 @@ class Meter:
         self.t = time.monotonic()
         self.cores = core_jiffies()
         self.gw = cpu_s(bench.gateway_pids())
+        self.all_gw = cpu_s(bench.all_gateway_pids())
         self.mock = cpu_s(bench.mock_pids())
         self.me = self_and_children_cpu()
 
@@ -205,6 +207,7 @@ class Meter:
         cores = core_jiffies()
         busy = {c: (cores[c][0] - self.cores[c][0]) / max(1, cores[c][1] - self.cores[c][1]) for c in cores}
         gw = (cpu_s(b.gateway_pids()) - self.gw) / wall
+        all_gw = (cpu_s(b.all_gateway_pids()) - self.all_gw) / wall
         load = (cpu_s(b.mock_pids()) - self.mock + self_and_children_cpu() - self.me) / wall
         return {
             "wall_s": round(wall, 3),
@@ -212,7 +215,7 @@ class Meter:
             "load_cpu": round(load, 3),
             "core_busy": {str(c): round(v, 3) for c, v in busy.items()},
             # CPU on the gateway's core that is not the gateway's (other tenants of this machine)
-            "foreign_gateway_core": round(max(0.0, busy.get(b.args.gateway_core, 0) - gw), 3),
+            "foreign_gateway_core": round(max(0.0, busy.get(b.args.gateway_core, 0) - all_gw), 3),
             "foreign_load_core": round(max(0.0, busy.get(b.args.load_core, 0) - load), 3),
         }
 
@@ -237,9 +240,18 @@ class RssSampler(threading.Thread):
 
 def run_wrk(url: str, body: bytes, conc: int, duration: float) -> dict[str, Any]:
     env = {**os.environ, "WRK_BODY": body.decode()}
-    cmd = ["wrk", "-t1", f"-c{conc}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-           "-s", str(HERE / "wrk_post.lua"), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration + 60, check=False)  # noqa: S603
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conc}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(HERE / "wrk_post.lua"),
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration + 60, check=False)
     m = re.search(r"^WRKJSON (.*)$", out.stdout, re.M)
     if not m:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
@@ -259,7 +271,7 @@ class _Conn(asyncio.Protocol):
     first content event / end."""
 
     def __init__(self) -> None:
-        import httptools  # noqa: PLC0415
+        import httptools
 
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
@@ -276,7 +288,7 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except Exception as exc:  # noqa: BLE001 - a parse error fails the request
+        except Exception as exc:
             self._fail(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -339,7 +351,7 @@ async def open_loop(port: int, path: str, body: bytes, rate: float, duration: fl
         conn = idle.pop() if idle else await _connect(port)
         try:
             await asyncio.wait_for(conn.request(data, stream), 30)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors[type(exc).__name__] += 1
             if conn.transport:
                 conn.transport.close()
@@ -389,7 +401,7 @@ async def closed_loop(port: int, path: str, body: bytes, conc: int, duration: fl
         while time.perf_counter() < end:
             try:
                 await conn.request(data, False)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 errors += 1
                 conn = await _connect(port)
                 continue
@@ -403,8 +415,13 @@ async def closed_loop(port: int, path: str, body: bytes, conc: int, duration: fl
     await asyncio.gather(*(worker() for _ in range(conc)))
     wall = time.perf_counter() - t0
     p = pct(lat)
-    return {"requests": done, "rps": done / wall, "errors": errors, "p50_us": p.get("p50", 0) * 1e3,
-            "p99_us": p.get("p99", 0) * 1e3}
+    return {
+        "requests": done,
+        "rps": done / wall,
+        "errors": errors,
+        "p50_us": p.get("p50", 0) * 1e3,
+        "p99_us": p.get("p99", 0) * 1e3,
+    }
 
 
 def pct(values: list[float]) -> dict[str, float]:
@@ -414,7 +431,7 @@ def pct(values: list[float]) -> dict[str, float]:
     v = sorted(values)
 
     def at(q: float) -> float:
-        return v[min(len(v) - 1, max(0, int(round(q * len(v) + 0.5)) - 1))] * 1e3
+        return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))] * 1e3
 
     return {"n": len(v), "p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": v[-1] * 1e3}
 
@@ -427,19 +444,42 @@ def median(xs: list[float]) -> float | None:
 # --------------------------------------------------------------------------- the benchmark
 
 
+class Gateway:
+    """One gateway under test: a server (uvicorn/granian, launcher options) and the checkout it serves."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.label = label_of(spec)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.sampler: RssSampler | None = None
+        self.rss_start_kib = 0
+
+    def pids(self) -> list[int]:
+        return tree(self.proc.pid) if self.proc is not None and self.proc.poll() is None else []
+
+
 class Bench:
+    """The mock, every gateway of --servers (all started at once, all pinned to the gateway core, idle
+    unless driven), and the runs: each round drives the mock directly, then each gateway in turn, so
+    slow drift on a shared machine hits every target alike."""
+
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
         self.mock: subprocess.Popen[bytes] | None = None
-        self.gateway: subprocess.Popen[bytes] | None = None
         self.mock_port = free_port()
-        self.gw_port = 0
+        self.gateways: list[Gateway] = []
+        self.driven: Gateway | None = None
         self.loop = asyncio.new_event_loop()
         self.use_wrk = shutil.which("wrk") is not None and not args.no_wrk
 
     def gateway_pids(self) -> list[int]:
-        return tree(self.gateway.pid) if self.gateway and self.gateway.poll() is None else []
+        """The gateway being driven (none while the mock is driven directly)."""
+        return self.driven.pids() if self.driven is not None else []
+
+    def all_gateway_pids(self) -> list[int]:
+        return [p for g in self.gateways for p in g.pids()]
 
     def mock_pids(self) -> list[int]:
         return tree(self.mock.pid) if self.mock and self.mock.poll() is None else []
@@ -449,125 +489,202 @@ class Bench:
 
     # ---- processes
     def start_mock(self) -> None:
-        log = self.workdir / "mock.log"
+        log_path = self.workdir / "mock.log"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        cmd = [*self.taskset(self.args.load_core), sys.executable, "-m", "tests.mock_upstream",
-               "--port", str(self.mock_port), "--no-log"]
-        self.mock = start(cmd, env=env, log=log)
-        wait_http(f"http://127.0.0.1:{self.mock_port}/v1/models", self.mock, 20, log)
+        cmd = [
+            *self.taskset(self.args.load_core),
+            sys.executable,
+            "-m",
+            "tests.mock_upstream",
+            "--port",
+            str(self.mock_port),
+            "--no-log",
+        ]
+        self.mock = start(cmd, env=env, log=log_path)
+        wait_http(f"http://127.0.0.1:{self.mock_port}/v1/models", self.mock, 20, log_path)
 
-    def start_gateway(self, server: str) -> None:
+    def start_gateway(self, gw: Gateway) -> None:
         policy_text = (HERE / "policy.yaml").read_text().replace("127.0.0.1:9100/", f"127.0.0.1:{self.mock_port}/")
         policy = self.workdir / "policy.yaml"
         policy.write_text(policy_text)
-        self.gw_port = free_port()
-        listen = f"127.0.0.1:{self.gw_port}"
+        gw.port = free_port()
+        listen = f"127.0.0.1:{gw.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         env.update(kv.split("=", 1) for kv in self.args.gateway_env)
-        repo = str(Path(self.args.repo).resolve())
+        spec, _, other_repo = gw.spec.partition("@")
+        repo = str(Path(other_repo or self.args.repo).resolve())
         env["PYTHONPATH"] = repo
-        name, _, extra = server.partition(":")
+        name, _, extra = spec.partition(":")
         if name == "uvicorn":
-            launcher = [sys.executable, str(HERE / "serve_uvicorn.py")]
+            launcher = [sys.executable, str(HERE / "serve_uvicorn.py"), *extra.split()]
         elif name == "granian":
             launcher = [sys.executable, str(HERE / "serve_granian.py"), *extra.split()]
         else:
-            raise SystemExit(f"unknown server {server!r} (uvicorn, granian, or 'granian:--runtime-mode mt')")
-        log = self.workdir / f"gateway-{name}.log"
-        cmd = [*self.taskset(self.args.gateway_core), *launcher, "--repo", repo, "--policy", str(policy), "--listen", listen]
-        self.gateway = start(cmd, env=env, log=log)
-        wait_http(f"http://{listen}/readyz", self.gateway, 30, log)
+            raise SystemExit(f"unknown server {gw.spec!r} (uvicorn, granian, or 'granian:--task-impl rust')")
+        log_path = self.workdir / f"gateway-{slug(gw.label)}.log"
+        cmd = [
+            *self.taskset(self.args.gateway_core),
+            *launcher,
+            "--repo",
+            repo,
+            "--policy",
+            str(policy),
+            "--listen",
+            listen,
+        ]
+        gw.proc = start(cmd, env=env, log=log_path)
+        wait_http(f"http://{listen}/readyz", gw.proc, 30, log_path)
+        gw.rss_start_kib = rss_kib(gw.pids())
+        gw.sampler = RssSampler(gw.pids)
+        gw.sampler.start()
 
-    def stop_gateway(self) -> None:
-        if self.gateway is not None:
-            stop(self.gateway)
-            self.gateway = None
+    def stop_gateways(self) -> None:
+        for gw in self.gateways:
+            if gw.proc is not None:
+                stop(gw.proc)
+                gw.proc = None
 
-    # ---- targets
-    def target(self, via: bool, kind: str) -> tuple[int, bytes]:
+    # ---- one run
+    def target(self, gw: Gateway | None, kind: str) -> tuple[int, bytes]:
         route, scenario = SCENARIOS[kind]
-        body = dict(STREAM_BODY if kind in ("stream", "paced") else UNARY_BODY, model=route if via else scenario)
-        return (self.gw_port if via else self.mock_port), json.dumps(body, separators=(",", ":")).encode()
+        body = dict(STREAM_BODY if kind in ("stream", "paced") else UNARY_BODY, model=route if gw else scenario)
+        return (gw.port if gw else self.mock_port), json.dumps(body, separators=(",", ":")).encode()
 
-    def throughput_once(self, via: bool, kind: str, duration: float) -> dict[str, Any]:
-        port, body = self.target(via, kind)
+    def throughput_once(self, gw: Gateway | None, kind: str, duration: float) -> dict[str, Any]:
+        port, body = self.target(gw, kind)
+        self.driven = gw
         meter = Meter(self)
         if self.use_wrk:
             r = run_wrk(f"http://127.0.0.1:{port}/v1/chat/completions", body, self.args.concurrency, duration)
         else:
-            r = self.loop.run_until_complete(closed_loop(port, "/v1/chat/completions", body, self.args.concurrency, duration))
+            r = self.loop.run_until_complete(
+                closed_loop(port, "/v1/chat/completions", body, self.args.concurrency, duration)
+            )
         r["cpu"] = meter.stop()
-        if via and r["rps"] > 0:
+        if gw and r["rps"] > 0:
             r["gateway_cpu_us_per_req"] = r["cpu"]["gateway_cpu"] * 1e6 / r["rps"]
         return r
 
-    def latency_once(self, via: bool, kind: str, rate: float, duration: float) -> dict[str, Any]:
-        port, body = self.target(via, kind)
+    def latency_once(self, gw: Gateway | None, kind: str, rate: float, duration: float) -> dict[str, Any]:
+        port, body = self.target(gw, kind)
         stream = kind != "unary"
+        self.driven = gw
         # a short warm-up at the same rate (connections, caches), not recorded
-        self.loop.run_until_complete(open_loop(port, "/v1/chat/completions", body, rate, min(1.0, duration), stream=stream))
+        self.loop.run_until_complete(
+            open_loop(port, "/v1/chat/completions", body, rate, min(1.0, duration), stream=stream)
+        )
         meter = Meter(self)
         r = self.loop.run_until_complete(open_loop(port, "/v1/chat/completions", body, rate, duration, stream=stream))
         r["cpu"] = meter.stop()
         return r
 
     def clean(self, r: dict[str, Any], via: bool) -> bool:
-        """No foreign load on the load core; for runs through the gateway, none on its core either."""
+        """No foreign load on the load core; for runs through a gateway, none on its core either."""
         cpu = r["cpu"]
         worst = max(cpu["foreign_load_core"], cpu["foreign_gateway_core"] if via else 0.0)
         return worst <= self.args.max_foreign
 
-    def repeated(self, label: str, rounds: int, fn: Callable[[bool], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        """`rounds` rounds of (direct, via), each run redone while the gateway's core had foreign load."""
-        runs: dict[str, list[dict[str, Any]]] = {"direct": [], "via": []}
-        for i in range(rounds):
-            for side in ("direct", "via"):
+    def wait_quiet(self) -> None:
+        """Before a run: wait (up to --wait-quiet s) until neither core is busy with other tenants' work."""
+        limit = time.monotonic() + self.args.wait_quiet
+        waited = False
+        while True:
+            self.driven = None
+            meter = Meter(self)
+            time.sleep(0.5)
+            cpu = meter.stop()
+            busy = cpu["core_busy"]
+            ours = cpu["load_cpu"] + cpu["gateway_cpu"]
+            foreign = max(busy.get(str(self.args.gateway_core), 0), busy.get(str(self.args.load_core), 0) - ours)
+            if foreign <= self.args.max_foreign or time.monotonic() >= limit:
+                if waited:
+                    log(f"    (waited for a quiet machine; foreign load now {foreign:.0%})")
+                return
+            if not waited:
+                log(f"    machine busy (foreign load {foreign:.0%}): waiting up to {self.args.wait_quiet:g}s")
+                waited = True
+            time.sleep(2)
+
+    def rounds(
+        self, label: str, n: int, fn: Callable[[Gateway | None], dict[str, Any]]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """`n` rounds of (direct, each gateway); a run with foreign load is redone up to --retries times."""
+        runs: dict[str, list[dict[str, Any]]] = {"direct": [], **{g.label: [] for g in self.gateways}}
+        for _ in range(n):
+            for gw in (None, *self.gateways):
+                name = gw.label if gw else "direct"
                 for attempt in range(self.args.retries + 1):
-                    r = fn(side == "via")
-                    r["spoiled"] = not self.clean(r, side == "via")
+                    self.wait_quiet()
+                    r = fn(gw)
+                    r["spoiled"] = not self.clean(r, gw is not None)
                     if not r["spoiled"]:
                         break
-                    log("    " + describe(label, side, r) + f"  SPOILED, redo ({attempt + 1}/{self.args.retries})")
-                runs[side].append(r)
-                log("    " + describe(label, side, r))
+                    log("    " + describe(label, name, r) + f"  SPOILED, redo ({attempt + 1}/{self.args.retries})")
+                runs[name].append(r)
+                log("    " + describe(label, name, r))
+        self.driven = None
         return runs
 
-    def run_server(self, server: str) -> dict[str, Any]:
+    def run(self, specs: list[str]) -> list[dict[str, Any]]:
         a = self.args
-        out: dict[str, Any] = {"server": server}
-        log(f"== {server}: starting gateway on core {a.gateway_core}")
-        self.start_gateway(server)
-        sampler = RssSampler(self.gateway_pids)
-        sampler.start()
-        out["rss_start_kib"] = rss_kib(self.gateway_pids())
-        try:
-            # warm both sides (connection pools, code paths)
+        self.gateways = [Gateway(s) for s in specs]
+        if len({g.label for g in self.gateways}) != len(self.gateways):
+            raise SystemExit("--servers: two entries with the same label")
+        for gw in self.gateways:
+            log(f"== starting {gw.label} on core {a.gateway_core}")
+            self.start_gateway(gw)
+        out = {g.label: {"server": g.label, "spec": g.spec} for g in self.gateways}
+        for kind in ("unary", "stream"):  # warm every target (connection pools, code paths)
+            for gw in (None, *self.gateways):
+                self.throughput_once(gw, kind, 1)
+        phases: list[tuple[str, str, int, Callable[[Gateway | None], dict[str, Any]]]] = []
+        if "throughput" in a.only:
             for kind in ("unary", "stream"):
-                for via in (False, True):
-                    self.throughput_once(via, kind, 1)
-            if "throughput" in a.only:
-                for kind in ("unary", "stream"):
-                    log(f"  throughput {kind} c={a.concurrency}, {a.repeats} x {a.duration:g}s")
-                    out[f"throughput_{kind}"] = self.repeated(
-                        f"throughput {kind}", a.repeats, lambda via, k=kind: self.throughput_once(via, k, a.duration))
-            if "latency" in a.only:
-                log(f"  latency unary @{a.rate:g}/s, {a.lat_repeats} x {a.lat_duration:g}s")
-                out["latency_unary"] = self.repeated(
-                    "latency unary", a.lat_repeats, lambda via: self.latency_once(via, "unary", a.rate, a.lat_duration))
-                log(f"  latency stream (paced) @{a.stream_rate:g}/s, {a.lat_repeats} x {a.lat_duration:g}s")
-                out["latency_stream"] = self.repeated(
-                    "latency stream", a.lat_repeats, lambda via: self.latency_once(via, "paced", a.stream_rate, a.lat_duration))
-            if a.profile > 0:
-                out["profile"] = self.profile(server)
-        finally:
-            out["rss_max_kib"] = max(sampler.halt(), rss_kib(self.gateway_pids()))
-            out["rss_hwm_kib"] = max((rss_kib([p], "VmHWM") for p in self.gateway_pids()), default=0)
-            self.stop_gateway()
-        return out
+                phases.append(
+                    (
+                        f"throughput_{kind}",
+                        f"throughput {kind} c={a.concurrency}",
+                        a.repeats,
+                        lambda gw, k=kind: self.throughput_once(gw, k, a.duration),
+                    )
+                )
+        if "latency" in a.only:
+            phases.append(
+                (
+                    "latency_unary",
+                    f"latency unary @{a.rate:g}/s",
+                    a.lat_repeats,
+                    lambda gw: self.latency_once(gw, "unary", a.rate, a.lat_duration),
+                )
+            )
+            phases.append(
+                (
+                    "latency_stream",
+                    f"stream TTFT (paced) @{a.stream_rate:g}/s",
+                    a.lat_repeats,
+                    lambda gw: self.latency_once(gw, "paced", a.stream_rate, a.lat_duration),
+                )
+            )
+        for key, title, n, fn in phases:
+            secs = a.duration if key.startswith("throughput") else a.lat_duration
+            log(f"  {title}: {n} rounds x (direct + {len(self.gateways)} gateway(s)) x {secs:g}s")
+            runs = self.rounds(key.replace("_", " "), n, fn)
+            for gw in self.gateways:
+                out[gw.label][key] = {"direct": runs["direct"], "via": runs[gw.label]}
+        if a.profile > 0:
+            for gw in self.gateways:
+                out[gw.label]["profile"] = self.profile(gw)
+        for gw in self.gateways:
+            o = out[gw.label]
+            o["rss_start_kib"] = gw.rss_start_kib
+            o["rss_max_kib"] = max(gw.sampler.halt() if gw.sampler else 0, rss_kib(gw.pids()))
+            o["rss_hwm_kib"] = max((rss_kib([p], "VmHWM") for p in gw.pids()), default=0)
+        self.stop_gateways()
+        return [out[g.label] for g in self.gateways]
 
     # ---- profile
-    def profile(self, server: str) -> dict[str, Any]:
-        """py-spy on the busiest gateway process while wrk drives it (unary, c=concurrency)."""
+    def profile(self, gw: Gateway) -> dict[str, Any]:
+        """py-spy on the busiest process of `gw` while wrk drives it at --concurrency."""
         a = self.args
         pyspy = shutil.which("py-spy")
         if pyspy is None:
@@ -575,32 +692,72 @@ class Bench:
             return {}
         results = {}
         for kind in a.profile_kinds:
-            pids = self.gateway_pids()
+            pids = gw.pids()
             before = {p: cpu_s([p]) for p in pids}
-            port, body = self.target(True, kind)
+            port, body = self.target(gw, kind)
             env = {**os.environ, "WRK_BODY": body.decode()}
-            wrk = subprocess.Popen(  # noqa: S603
-                ["wrk", "-t1", f"-c{a.concurrency}", f"-d{a.profile + 4:.0f}s", "--timeout", "10s",
-                 "-s", str(HERE / "wrk_post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+            wrk = subprocess.Popen(
+                [
+                    "wrk",
+                    "-t1",
+                    f"-c{a.concurrency}",
+                    f"-d{a.profile + 4:.0f}s",
+                    "--timeout",
+                    "10s",
+                    "-s",
+                    str(HERE / "wrk_post.lua"),
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                text=True,
+            )
+            _STARTED.append(wrk)  # type: ignore[arg-type]
             time.sleep(1.5)
             busiest = max(pids, key=lambda p: cpu_s([p]) - before.get(p, 0))
-            raw = self.workdir / f"profile-{server.split(':')[0]}-{kind}.txt"
-            cmd = [pyspy, "record", "--pid", str(busiest), "--rate", str(a.profile_rate), "--duration", str(int(a.profile)),
-                   "--format", "raw", "--output", str(raw), "--nonblocking", "--full-filenames"]
+            raw = self.workdir / f"profile-{slug(gw.label)}-{kind}.txt"
+            cmd = [
+                pyspy,
+                "record",
+                "--pid",
+                str(busiest),
+                "--rate",
+                str(a.profile_rate),
+                "--duration",
+                str(int(a.profile)),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--nonblocking",
+                "--full-filenames",
+            ]
             if a.profile_native:
                 cmd.append("--native")
-            log(f"  profiling {kind} via {server} (pid {busiest}) for {a.profile:g}s")
-            subprocess.run(cmd, capture_output=True, timeout=a.profile + 60, check=False)  # noqa: S603
+            log(f"  profiling {kind} via {gw.label} (pid {busiest}) for {a.profile:g}s")
+            subprocess.run(cmd, capture_output=True, timeout=a.profile + 60, check=False)
             wout, _ = wrk.communicate(timeout=a.profile + 60)
+            _STARTED.remove(wrk)  # type: ignore[arg-type]
             m = re.search(r"^WRKJSON (.*)$", wout, re.M)
-            summary = summarize_profile(raw, a.repo, a.top) if raw.exists() else {}
+            repo = gw.spec.partition("@")[2] or a.repo
+            summary = summarize_profile(raw, str(Path(repo).resolve()), a.top) if raw.exists() else {}
             summary["raw"] = str(raw)
             if m:
                 w = json.loads(m.group(1))
                 summary["rps_under_profiler"] = w["requests"] / (w["duration_us"] / 1e6)
             results[kind] = summary
         return results
+
+
+def label_of(server: str) -> str:
+    """'uvicorn@/tmp/x/y' -> 'uvicorn@y': short enough for a table column."""
+    spec, sep, repo = server.partition("@")
+    return f"{spec}@{Path(repo).name}" if sep else spec
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text)
 
 
 def describe(label: str, side: str, r: dict[str, Any]) -> str:
@@ -610,10 +767,14 @@ def describe(label: str, side: str, r: dict[str, Any]) -> str:
     else:
         key = "ttft_ms" if "ttft_ms" in r else "latency_ms"
         p = r.get(key, {})
-        s = (f"{label:18s} {side:6s} {key[:-3]} p50 {p.get('p50', float('nan')):7.2f} ms  "
-             f"p99 {p.get('p99', float('nan')):7.2f} ms  ok {r['ok']}/{r['sent']}  errors {r['errors']}")
-    return s + (f"  (gw cpu {cpu['gateway_cpu']:.0%}; foreign load: gw core {cpu['foreign_gateway_core']:.0%}, "
-                f"load core {cpu['foreign_load_core']:.0%})")
+        s = (
+            f"{label:18s} {side:6s} {key[:-3]} p50 {p.get('p50', float('nan')):7.2f} ms  "
+            f"p99 {p.get('p99', float('nan')):7.2f} ms  ok {r['ok']}/{r['sent']}  errors {r['errors']}"
+        )
+    return s + (
+        f"  (gw cpu {cpu['gateway_cpu']:.0%}; foreign load: gw core {cpu['foreign_gateway_core']:.0%}, "
+        f"load core {cpu['foreign_load_core']:.0%})"
+    )
 
 
 # --------------------------------------------------------------------------- py-spy raw -> tables
@@ -631,8 +792,8 @@ def classify(func: str, path: str, repo: str) -> str:
     roots = {repo.rstrip("/"), str(REPO)}
     for root in roots:
         if path.startswith(root + "/"):
-            rel = path[len(root) + 1:].split("/")
-            return f"escalade/{rel[0]}" if rel[0] in ("gateway", "providers", "policies") else f"escalade/{rel[0]}"
+            rel = path[len(root) + 1 :].split("/")
+            return f"escalade/{rel[0]}"
     m = re.search(r"site-packages/([^/]+)", path)
     if m:
         name = m.group(1).removesuffix(".py")
@@ -714,6 +875,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         clean = [r for r in rs if not r.get("spoiled")]
         return clean or rs
 
+    def dirty(key: str) -> bool:
+        """No clean run on one side: the median is of spoiled runs."""
+        return any(all(r.get("spoiled") for r in result[key][side]) for side in ("direct", "via"))
+
     for kind in ("unary", "stream"):
         key = f"throughput_{kind}"
         if key in result:
@@ -730,6 +895,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                 "gateway_cpu": median([r["cpu"]["gateway_cpu"] for r in v]),
                 "gateway_cpu_us_per_req": median([r.get("gateway_cpu_us_per_req") for r in v]),
                 "spoiled_runs": sum(r.get("spoiled", False) for side in ("direct", "via") for r in result[key][side]),
+                "dirty": dirty(key),
             }
     for key, metric in (("latency_unary", "latency_ms"), ("latency_stream", "ttft_ms")):
         if key in result:
@@ -741,7 +907,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                 entry[f"direct_{q}_ms"], entry[f"via_{q}_ms"] = dq, vq
                 entry[f"added_{q}_ms"] = None if dq is None or vq is None else vq - dq
                 # per-round differences (direct and via of the same round), then their median
-                pairs = [r2[metric].get(q, 0) - r1[metric].get(q, 0) for r1, r2 in zip(result[key]["direct"], result[key]["via"], strict=False)]
+                pairs = [
+                    r2[metric].get(q, 0) - r1[metric].get(q, 0)
+                    for r1, r2 in zip(result[key]["direct"], result[key]["via"], strict=False)
+                ]
                 entry[f"added_{q}_ms_per_round"] = [round(x, 3) for x in pairs]
             if metric == "ttft_ms":
                 for q in ("p50", "p99"):
@@ -750,7 +919,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                     entry[f"ttfb_added_{q}_ms"] = None if dq is None or vq is None else vq - dq
             entry["gateway_cpu"] = median([r["cpu"]["gateway_cpu"] for r in v])
             entry["errors_via"] = sum(sum(r["errors"].values()) for r in result[key]["via"])
-            entry["spoiled_runs"] = sum(r.get("spoiled", False) for side in ("direct", "via") for r in result[key][side])
+            entry["spoiled_runs"] = sum(
+                r.get("spoiled", False) for side in ("direct", "via") for r in result[key][side]
+            )
+            entry["dirty"] = dirty(key)
             s[key] = entry
     s["rss_max_mib"] = result.get("rss_max_kib", 0) / 1024
     s["rss_hwm_mib"] = result.get("rss_hwm_kib", 0) / 1024
@@ -768,6 +940,9 @@ def markdown(summaries: list[dict[str, Any]], args: argparse.Namespace) -> str:
     head = "| metric | direct (mock) | " + " | ".join(f"via escalade ({n})" for n in names) + " |"
     lines = [head, "|---" * (2 + len(names)) + "|"]
 
+    def mark(entry: dict[str, Any]) -> str:
+        return " ⚠ spoiled runs only" if entry.get("dirty") else ""
+
     def row(label: str, direct: str, vals: list[str]) -> None:
         lines.append(f"| {label} | {direct} | " + " | ".join(vals) + " |")
 
@@ -775,27 +950,58 @@ def markdown(summaries: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for kind, label in (("unary", f"req/s c={c}, non-streaming"), ("stream", f"req/s c={c}, streaming (20 chunks)")):
         key = f"throughput_{kind}"
         if key in first:
-            row(label, fmt(median([s[key]["direct_rps"] for s in summaries])),
-                [f"{fmt(s[key]['via_rps'])} ({s[key]['via_rps'] / s[key]['direct_rps']:.1%} of direct)" for s in summaries])
-            row(f"gateway CPU µs/request ({kind}, c={c})", "", [fmt(s[key]["gateway_cpu_us_per_req"]) for s in summaries])
-            row(f"closed-loop p50 / p99 ms ({kind}, c={c})", fmt(first[key]["direct_p50_ms"], ".2f"),
-                [f"{fmt(s[key]['via_p50_ms'], '.2f')} / {fmt(s[key]['via_p99_ms'], '.2f')}" for s in summaries])
+            row(
+                label,
+                fmt(median([s[key]["direct_rps"] for s in summaries])),
+                [
+                    f"{fmt(s[key]['via_rps'])} ({s[key]['via_rps'] / s[key]['direct_rps']:.1%} of direct){mark(s[key])}"
+                    for s in summaries
+                ],
+            )
+            row(
+                f"gateway CPU µs/request ({kind}, c={c})",
+                "",
+                [fmt(s[key]["gateway_cpu_us_per_req"]) for s in summaries],
+            )
+            row(
+                f"closed-loop p50 / p99 ms ({kind}, c={c})",
+                fmt(first[key]["direct_p50_ms"], ".2f"),
+                [f"{fmt(s[key]['via_p50_ms'], '.2f')} / {fmt(s[key]['via_p99_ms'], '.2f')}" for s in summaries],
+            )
     if "latency_unary" in first:
         L = "latency_unary"
         for q in ("p50", "p99"):
-            row(f"latency {q} @{args.rate:g}/s, non-streaming (ms)", fmt(median([s[L][f'direct_{q}_ms'] for s in summaries]), ".2f"),
-                [f"{fmt(s[L][f'via_{q}_ms'], '.2f')} (**+{fmt(s[L][f'added_{q}_ms'], '.2f')}** added)" for s in summaries])
+            row(
+                f"latency {q} @{args.rate:g}/s, non-streaming (ms)",
+                fmt(median([s[L][f"direct_{q}_ms"] for s in summaries]), ".2f"),
+                [
+                    f"{fmt(s[L][f'via_{q}_ms'], '.2f')} (**+{fmt(s[L][f'added_{q}_ms'], '.2f')}** added){mark(s[L])}"
+                    for s in summaries
+                ],
+            )
     if "latency_stream" in first:
         L = "latency_stream"
         for q in ("p50", "p99"):
-            row(f"stream TTFT {q} @{args.stream_rate:g}/s, paced (ms)", fmt(median([s[L][f'direct_{q}_ms'] for s in summaries]), ".2f"),
-                [f"{fmt(s[L][f'via_{q}_ms'], '.2f')} (**+{fmt(s[L][f'added_{q}_ms'], '.2f')}** added)" for s in summaries])
+            row(
+                f"stream TTFT {q} @{args.stream_rate:g}/s, paced (ms)",
+                fmt(median([s[L][f"direct_{q}_ms"] for s in summaries]), ".2f"),
+                [
+                    f"{fmt(s[L][f'via_{q}_ms'], '.2f')} (**+{fmt(s[L][f'added_{q}_ms'], '.2f')}** added){mark(s[L])}"
+                    for s in summaries
+                ],
+            )
     row("gateway RSS max (MiB)", "", [f"{s['rss_max_mib']:.0f} (start {s['rss_start_mib']:.0f})" for s in summaries])
-    spoiled = [f"{s['server']}: {sum(v.get('spoiled_runs', 0) for v in s.values() if isinstance(v, dict))}" for s in summaries]
+    spoiled = [
+        f"{s['server']}: {sum(v.get('spoiled_runs', 0) for v in s.values() if isinstance(v, dict))}" for s in summaries
+    ]
     lines.append("")
-    lines.append(f"Medians of {args.repeats} (throughput) / {args.lat_repeats} (latency) runs; throughput runs "
-                 f"{args.duration:g}s, latency runs {args.lat_duration:g}s. Runs spoiled by foreign load on the gateway "
-                 f"core (> {args.max_foreign:.0%}): " + ", ".join(spoiled) + ".")
+    lines.append(
+        f"Medians of {args.repeats} (throughput) / {args.lat_repeats} (latency) runs; throughput runs "
+        f"{args.duration:g}s, latency runs {args.lat_duration:g}s. Runs spoiled by other tenants' CPU load "
+        f"(> {args.max_foreign:.0%} on the load core, or on the gateway core for runs through it): "
+        + ", ".join(spoiled)
+        + "."
+    )
     return "\n".join(lines)
 
 
@@ -805,8 +1011,10 @@ def profile_markdown(summaries: list[dict[str, Any]], results: list[dict[str, An
         for kind, p in (res.get("profile") or {}).items():
             if not p.get("samples"):
                 continue
-            out.append(f"\n### py-spy: {res['server']}, {kind}, {p['samples']} samples "
-                       f"({fmt(p.get('rps_under_profiler'))} req/s under the profiler)\n")
+            out.append(
+                f"\n### py-spy: {res['server']}, {kind}, {p['samples']} samples "
+                f"({fmt(p.get('rps_under_profiler'))} req/s under the profiler)\n"
+            )
             out.append("| # | function (self time) | % |\n|---|---|---|")
             out += [f"| {i} | `{n}` | {v} |" for i, (n, v) in enumerate(p["self_by_function"][:top], 1)]
             out.append("\n| component | self % | inclusive % |\n|---|---|---|")
@@ -823,8 +1031,13 @@ def log(msg: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--servers", default="uvicorn",
-                    help="comma list: uvicorn (= escalade serve), granian, or 'granian:--runtime-mode mt' (default uvicorn)")
+    ap.add_argument(
+        "--servers",
+        default="uvicorn",
+        help="comma list of SERVER[:OPTIONS][@REPO]: uvicorn (= escalade serve) or granian, launcher "
+        "options after ':' (e.g. 'granian:--task-impl rust'), and a checkout to serve from after '@' "
+        "(default uvicorn; REPO defaults to --repo)",
+    )
     ap.add_argument("--repo", default=str(REPO), help="checkout to serve the gateway from (default: this one)")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="K=V", help="extra env for the gateway")
     ap.add_argument("--only", default="throughput,latency", help="phases: throughput,latency (comma list)")
@@ -838,10 +1051,21 @@ def main() -> int:
     ap.add_argument("--lat-repeats", type=int, default=3)
     ap.add_argument("--gateway-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1)
-    ap.add_argument("--max-foreign", type=float, default=0.10,
-                    help="a run is spoiled when CPU that is not the benchmark's exceeds this on the load core, or (runs via "
-                         "the gateway) on the gateway core (0.10 = 10%%)")
+    ap.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.10,
+        help="a run is spoiled when CPU that is not the benchmark's exceeds this on the load core, or (runs via "
+        "the gateway) on the gateway core (0.10 = 10%%)",
+    )
     ap.add_argument("--retries", type=int, default=2, help="redo a spoiled run up to this many times")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for other tenants' CPU load to stop (0: never wait)",
+    )
     ap.add_argument("--no-wrk", action="store_true", help="use the built-in asyncio closed-loop client instead of wrk")
     ap.add_argument("--profile", type=float, default=0, metavar="SECONDS", help="py-spy record the gateway under load")
     ap.add_argument("--profile-kinds", default="unary", help="unary,stream")
@@ -861,7 +1085,7 @@ def main() -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.load_core})  # this script is the open-loop client: the load core
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         loop_name = "uvloop"
     except ImportError:
@@ -873,15 +1097,15 @@ def main() -> int:
         bench.loop = uvloop.new_event_loop()
     asyncio.set_event_loop(bench.loop)
     started = time.time()
-    results = []
     try:
         bench.start_mock()
-        log(f"mock on 127.0.0.1:{bench.mock_port} (core {args.load_core}); load generator: "
-            f"{'wrk' if bench.use_wrk else 'asyncio'} + {loop_name} open-loop client; work dir {workdir}")
-        for server in servers:
-            results.append(bench.run_server(server))
+        log(
+            f"mock on 127.0.0.1:{bench.mock_port} (core {args.load_core}); load generator: "
+            f"{'wrk' if bench.use_wrk else 'asyncio'} + {loop_name} open-loop client; work dir {workdir}"
+        )
+        results = bench.run(servers)
     finally:
-        bench.stop_gateway()
+        bench.stop_gateways()
         if bench.mock is not None:
             stop(bench.mock)
         bench.loop.close()
@@ -898,10 +1122,13 @@ def main() -> int:
         "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
         "load_generator": "wrk" if bench.use_wrk else "asyncio",
         "python": sys.version.split()[0],
-        "git": subprocess.run(["git", "-C", args.repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=False).stdout.strip(),
+        "git": subprocess.run(
+            ["git", "-C", args.repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip(),
     }
-    path.write_text(json.dumps({"meta": meta, "summary": summaries, "table_md": table, "runs": results}, indent=1, default=str))
+    path.write_text(
+        json.dumps({"meta": meta, "summary": summaries, "table_md": table, "runs": results}, indent=1, default=str)
+    )
     log(f"results: {path}")
     if not args.keep_logs and not args.profile:
         shutil.rmtree(workdir, ignore_errors=True)
