@@ -5,7 +5,9 @@ from typing import Any
 
 from policies.schema import ModelConf, Policy, RouteConf
 from policies.signals import NO_SIGNALS, Signals, retry_after_s, skip_reason
-from providers.errors import NoEligibleRoute
+from providers.capabilities import ENDPOINTS, HARD
+from providers.errors import InvalidRequest, NoEligibleRoute
+from providers.registry import adapter_capabilities
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,22 +28,38 @@ class Plan:
     """(deployment, why) for each deployment the live signals ruled out."""
 
 
-def plan(policy: Policy, route_name: str, signals: Signals = NO_SIGNALS) -> Plan:
+def plan(
+    policy: Policy, route_name: str, signals: Signals = NO_SIGNALS, needs: frozenset[str] = frozenset()
+) -> Plan:
     """The deployments a request to `route_name` tries, in order (strategy `priority`).
 
-    `signals` are the gateway's live view of its local engines: a deployment whose engine is not
-    ready, or whose queue is deeper than the model's `max_queue`, is skipped. When that leaves
-    nothing, NoEligibleRoute (503) says why, with a Retry-After.
+    A deployment that lacks a capability the request needs (`needs`: tools, vision, json_schema,
+    logprobs, embeddings, completions) is skipped; when none has it, the request is refused (400)
+    naming what is missing. `signals` are the gateway's live view of its local engines: a
+    deployment whose engine is not ready, or whose queue is deeper than the model's `max_queue`, is
+    skipped; when that leaves nothing, NoEligibleRoute (503) says why, with a Retry-After.
     """
     route = policy.routes[route_name]
+    hard_needs = needs & HARD
     candidates: list[Candidate] = []
     skipped: list[tuple[str, str]] = []
+    unable: list[tuple[str, str]] = []
     for candidate in _candidates(policy, route):
+        lacking = hard_needs - capabilities_of(policy, candidate.model)
+        if lacking:
+            unable.append((candidate.name, f"cannot serve {', '.join(sorted(lacking))}"))
+            continue
         reason = skip_reason(candidate.model, signals) if signals else None
         if reason is None:
             candidates.append(candidate)
         else:
             skipped.append((candidate.name, reason))
+    if unable and not candidates and not skipped:
+        why = "; ".join(f"{name}: {reason}" for name, reason in unable)
+        raise InvalidRequest(
+            f"no deployment of route {route_name} can serve this request ({why})", param="model", code="unsupported"
+        )
+    skipped.extend(unable)
     if skipped and not candidates:
         why = "; ".join(f"{name}: {reason}" for name, reason in dict.fromkeys(skipped))
         providers = {policy.models[name].provider for name, _ in skipped}
@@ -50,6 +68,13 @@ def plan(policy: Policy, route_name: str, signals: Signals = NO_SIGNALS) -> Plan
             retry_after_s=retry_after_s(signals, providers),
         )
     return Plan(route=route_name, strategy=route.strategy, candidates=tuple(candidates), skipped=tuple(skipped))
+
+
+def capabilities_of(policy: Policy, model: ModelConf) -> frozenset[str]:
+    """A deployment's capabilities, never more than its adapter can translate: the features the policy
+    declares for it (all of them when it declares none) plus the endpoints its adapter serves."""
+    adapter = adapter_capabilities(policy.providers[model.provider])
+    return adapter & (frozenset(model.capabilities) | ENDPOINTS) if model.capabilities else adapter
 
 
 def _candidates(policy: Policy, route: RouteConf) -> list[Candidate]:

@@ -16,11 +16,18 @@ from providers.schema.chat import (
 )
 
 Capability = Literal["tools", "json_schema", "vision", "logprobs", "reasoning", "embeddings", "completions"]
-ALL: frozenset[str] = frozenset({"tools", "json_schema", "vision", "logprobs", "reasoning", "embeddings", "completions"})
+ENDPOINTS: frozenset[str] = frozenset({"embeddings", "completions"})
+"""Endpoint abilities: decided by the adapter (a model's declared list names features, not endpoints)."""
+ALL: frozenset[str] = frozenset({"tools", "json_schema", "vision", "logprobs", "reasoning"}) | ENDPOINTS
+
+
+HARD: frozenset[str] = frozenset({"tools", "json_schema", "vision", "logprobs", "embeddings", "completions"})
+"""Needs a deployment must meet to be tried. `reasoning` is soft: a model without it answers directly."""
 
 
 def required_by_chat(req: ChatRequest) -> frozenset[str]:
-    """The capabilities a chat request cannot be served without."""
+    """The capabilities a chat request cannot be served without (`reasoning` included; routing
+    filters on HARD ones only)."""
     needs: set[str] = set()
     if req.tools not in (UNSET, None) and req.tools and req.tool_choice != "none":
         needs.add("tools")

@@ -35,3 +35,8 @@ PROVIDER_TYPES: tuple[str, ...] = tuple(t.__struct_config__.tag for t in FACTORI
 
 def build_provider(name: str, conf: Any, key: Secret | None, timeouts: Timeouts) -> Provider:
     return FACTORIES[type(conf)](name, conf, key, timeouts)
+
+
+def adapter_capabilities(conf: Any) -> frozenset[str]:
+    """What the adapter for this provider config can translate (its class's `capabilities`)."""
+    return getattr(FACTORIES[type(conf)], "capabilities", frozenset())

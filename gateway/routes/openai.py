@@ -24,6 +24,7 @@ from gateway.state import GatewayState
 from gateway.telemetry import server_span
 from policies.router import Plan, plan, routes_for_key
 from providers.base import Call, Inbound, Provider
+from providers.capabilities import required_by_chat
 from providers.errors import GatewayError, UpstreamTimeout
 from providers.schema.chat import Usage
 from providers.schema.codec import (
@@ -35,6 +36,9 @@ from providers.schema.codec import (
 from providers.schema.completions import ModelCard, ModelList
 
 T = TypeVar("T")
+Needs = Callable[[Any], frozenset[str]]
+_COMPLETIONS = frozenset({"completions"})
+_EMBEDDINGS = frozenset({"embeddings"})
 log = logging.getLogger("escalade.stream")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 JSON = "application/json"
@@ -63,7 +67,9 @@ def request_id_of(request: Request[Any, Any, Any]) -> str:
     return rid  # type: ignore[no-any-return]
 
 
-async def _prepare(request: Request[Any, Any, Any], decode: Callable[[bytes], Any], operation: str) -> Prepared:
+async def _prepare(
+    request: Request[Any, Any, Any], decode: Callable[[bytes], Any], operation: str, needs: Needs
+) -> Prepared:
     """Auth (before the body is read), body, decode, caps, route: everything before the first upstream byte."""
     state = gateway_state(request)
     runtime = state.runtime  # read once: this request lives under this policy version
@@ -74,7 +80,7 @@ async def _prepare(request: Request[Any, Any, Any], decode: Callable[[bytes], An
     check_caps(inbound.typed, server)
     route = inbound.typed.model
     authorize_route(principal, route, runtime)
-    the_plan: Plan = plan(runtime.policy, route, state.signals)
+    the_plan: Plan = plan(runtime.policy, route, state.signals, needs(inbound.typed))
     deadline = time.monotonic() + runtime.policy.timeouts.total_s
     return Prepared(
         state=state,
@@ -84,6 +90,14 @@ async def _prepare(request: Request[Any, Any, Any], decode: Callable[[bytes], An
             request_id=request_id_of(request), operation=operation, deadline=deadline, runtime=runtime, plan=the_plan
         ),
     )
+
+
+def _plan_attributes(the_plan: Plan) -> dict[str, Any]:
+    """The routing decision on the request span: route, strategy, and each skipped deployment and why."""
+    attributes: dict[str, Any] = {"escalade.route": the_plan.route, "escalade.strategy": the_plan.strategy}
+    if the_plan.skipped:
+        attributes["escalade.skipped"] = [f"{name}: {why}" for name, why in the_plan.skipped]
+    return attributes
 
 
 def _headers(prep: Prepared, answer: Answer[Any], cost: float | None = None) -> dict[str, str]:
@@ -138,7 +152,7 @@ ProviderCall = Callable[[Provider, Inbound[Any], Call], Coroutine[Any, Any, Any]
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
-    prep = await _prepare(request, decode_chat_request, "chat")
+    prep = await _prepare(request, decode_chat_request, "chat", required_by_chat)
     if prep.inbound.typed.is_stream:
         return await _stream(request, prep, lambda p, i, c: p.chat_stream(i, c))
     return await _unary(request, prep, lambda p, i, c: p.chat(i, c))
@@ -146,7 +160,7 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/v1/completions", status_code=200)
 async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
-    prep = await _prepare(request, decode_completion_request, "text_completion")
+    prep = await _prepare(request, decode_completion_request, "text_completion", lambda _: _COMPLETIONS)
     if prep.inbound.typed.is_stream:
         return await _stream(request, prep, lambda p, i, c: p.completion_stream(i, c))
     return await _unary(request, prep, lambda p, i, c: p.completion(i, c))
@@ -154,7 +168,7 @@ async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @post("/v1/embeddings", status_code=200)
 async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
-    prep = await _prepare(request, decode_embedding_request, "embeddings")
+    prep = await _prepare(request, decode_embedding_request, "embeddings", lambda _: _EMBEDDINGS)
     return await _unary(request, prep, lambda p, i, c: p.embeddings(i, c), priced=False)
 
 
@@ -162,7 +176,7 @@ async def _unary(
     request: Request[Any, Any, Any], prep: Prepared, call_provider: ProviderCall, *, priced: bool = True
 ) -> Response[bytes]:
     route = prep.dispatch.plan.route
-    with server_span(f"{prep.dispatch.operation} {route}", **{"escalade.route": route}) as span:
+    with server_span(f"{prep.dispatch.operation} {route}", **_plan_attributes(prep.dispatch.plan)) as span:
         work = dispatch(prep.dispatch, lambda provider, call: call_provider(provider, prep.inbound, call))
         answer = await _until_disconnect(request, work)
         span.set_attribute("escalade.deployment", answer.candidate.name)
@@ -205,7 +219,7 @@ async def _stream(
         return await open_stream(open_provider_stream(provider, prep.inbound, call), call, provider.name)
 
     route = prep.dispatch.plan.route
-    with server_span(f"{prep.dispatch.operation} {route}", **{"escalade.route": route}) as span:
+    with server_span(f"{prep.dispatch.operation} {route}", **_plan_attributes(prep.dispatch.plan)) as span:
         answer = await _until_disconnect(request, dispatch(prep.dispatch, attempt))
         span.set_attribute("escalade.deployment", answer.candidate.name)
         span.set_attribute("escalade.stream.committed", True)

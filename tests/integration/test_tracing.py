@@ -45,3 +45,29 @@ def test_request_and_attempt_spans(make_gateway, mock, spans, monkeypatch):
     assert "error.type" not in clients[2].attributes
     dumped = json.dumps([dict(s.attributes) for s in finished] + [s.name for s in finished])
     assert "secret prompt" not in dumped and "sk-trace-canary" not in dumped and "client-secret-key" not in dumped
+
+
+def test_a_deployment_that_cannot_serve_the_request_is_skipped_with_the_reason_in_the_trace(make_gateway, mock, spans):
+    gw = make_gateway(
+        models={
+            "plain": {"provider": "mock", "model": "PLAIN", "capabilities": ["json_schema"]},
+            "tooled": {"provider": "mock", "model": "ok", "capabilities": ["tools", "json_schema"]},
+        },
+        routes={"auto": {"models": ["plain", "tooled"]}, "plain-only": {"models": ["plain"]}},
+    )
+    spans.clear()
+    c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    raw = c.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "x"}], tools=tools
+    )
+    assert raw.headers["x-escalade-model"] == "tooled"
+    assert not mock.records("PLAIN")
+    [server] = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    assert list(server.attributes["escalade.skipped"]) == ["plain: cannot serve tools"]
+    with pytest.raises(openai.BadRequestError) as info:
+        c.chat.completions.create(model="plain-only", messages=[{"role": "user", "content": "x"}], tools=tools)
+    assert "cannot serve tools" in info.value.message
+    # no tools asked: the plain deployment answers first
+    plain = c.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "x"}])
+    assert plain.headers["x-escalade-model"] == "plain"
