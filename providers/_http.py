@@ -6,16 +6,18 @@ measured on this machine, httpx's own pool costs 4-7x the throughput of aiohttp'
 upstream redirect would carry the provider key elsewhere: CVE-2024-6587's class of bug).
 """
 
+import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import httpx
 import msgspec
 
+from providers.base import Call
 from providers.errors import (
     ContextLengthExceeded,
     GatewayError,
@@ -27,6 +29,7 @@ from providers.errors import (
     UpstreamRateLimited,
     UpstreamRedirect,
     UpstreamRejected,
+    UpstreamSilent,
     UpstreamTimeout,
     UpstreamUnavailable,
     scrub,
@@ -261,3 +264,82 @@ def decode_or_protocol_error(decode: Any, body: bytes, *, provider: str) -> Any:
         raise UpstreamProtocolError(
             f"{provider}: malformed response from upstream ({exc})", provider=provider
         ) from None
+
+
+# ---------------------------------------------------------------- the request skeleton every adapter shares
+
+MAX_ERROR_BODY = 64 * 1024
+ErrorFor = Callable[[int, httpx.Headers, bytes], Exception]
+"""(status, headers, body) of a non-200 answer -> the typed error to raise (each provider's own mapping)."""
+
+
+def loop_deadline(deadline: float) -> float:
+    """Convert a time.monotonic() deadline to the running loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+async def read_capped(response: httpx.Response) -> bytes:
+    """An error body, read up to MAX_ERROR_BODY bytes (an upstream may send a lot of HTML)."""
+    body = b""
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) >= MAX_ERROR_BODY:
+            break
+    return body
+
+
+async def post_for_body(
+    client: httpx.AsyncClient, path: str, body: bytes, call: Call, *, provider: str, error_for: ErrorFor
+) -> bytes:
+    """A non-streaming POST bounded by the request deadline: the 200 body, or the provider's error."""
+    try:
+        async with asyncio.timeout_at(loop_deadline(call.deadline)):
+            response = await client.post(path, content=body, headers=call.headers)
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"{provider}: no complete answer before the request deadline", provider=provider
+        ) from None
+    except httpx.HTTPError as exc:
+        raise error_from_transport(exc, provider=provider) from None
+    if response.status_code != 200:
+        raise error_for(response.status_code, response.headers, response.content)
+    return response.content
+
+
+@contextlib.asynccontextmanager
+async def event_stream(
+    client: httpx.AsyncClient,
+    path: str,
+    body: bytes,
+    call: Call,
+    *,
+    provider: str,
+    error_for: ErrorFor,
+    not_a_stream: Callable[[bytes], Exception],
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """A streaming POST: the SSE `data` payloads, once the upstream answered 200 with an event stream.
+
+    No response headers within `headers_s` is UpstreamSilent; a non-200 is the provider's error; a
+    200 that is not SSE is `not_a_stream(body)`; transport failures while reading are typed; the
+    connection is closed however the caller stops reading (which cancels the upstream's work).
+    """
+    request = client.build_request("POST", path, content=body, headers=call.headers)
+    headers_by = min(call.deadline, time.monotonic() + call.timeouts.headers_s)
+    try:
+        async with asyncio.timeout_at(loop_deadline(headers_by)):
+            response = await client.send(request, stream=True)
+    except TimeoutError:
+        message = f"{provider}: no response headers within {call.timeouts.headers_s:g}s"
+        raise UpstreamSilent(message, provider=provider) from None
+    except httpx.HTTPError as exc:
+        raise error_from_transport(exc, provider=provider) from None
+    try:
+        if response.status_code != 200:
+            raise error_for(response.status_code, response.headers, await read_capped(response))
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            raise not_a_stream(await read_capped(response))
+        yield aiter_sse(response.aiter_bytes())
+    except httpx.HTTPError as exc:
+        raise error_from_transport(exc, provider=provider) from None
+    finally:
+        await response.aclose()

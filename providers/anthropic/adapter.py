@@ -1,31 +1,28 @@
 """The Anthropic adapter: I/O only. Translation lives in translate.py, the wire shapes in wire.py."""
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import NoReturn
 
 import httpx
 import msgspec
 
 from providers._http import (
-    aiter_sse,
     decode_or_protocol_error,
     error_from_response,
-    error_from_transport,
+    event_stream,
     make_client,
     parse_retry_after,
+    post_for_body,
 )
 from providers.anthropic import errors, translate, wire
 from providers.anthropic.config import AnthropicConf
 from providers.base import Call, Inbound, Timeouts
-from providers.errors import UpstreamProtocolError, UpstreamSilent, UpstreamTimeout
+from providers.errors import UpstreamProtocolError
 from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest
 from providers.schema.completions import Completion, CompletionRequest, EmbeddingRequest, EmbeddingResponse
 from providers.secrets import Secret
 
 _PATH = "/v1/messages"
-_MAX_ERROR_BODY = 64 * 1024
 
 
 class AnthropicProvider:
@@ -59,18 +56,10 @@ class AnthropicProvider:
 
     async def chat(self, inbound: Inbound[ChatRequest], call: Call) -> ChatCompletion:
         body, json_tool = self._translate(inbound, call, stream=False)
-        try:
-            async with asyncio.timeout_at(_loop_deadline(call.deadline)):
-                response = await self._client.post(_PATH, content=wire.encode(body), headers=call.headers)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"{self.name}: no complete answer before the request deadline", provider=self.name
-            ) from None
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, provider=self.name) from None
-        if response.status_code != 200:
-            self._raise_status(response.status_code, response.headers, response.content)
-        message = decode_or_protocol_error(wire.decode_message, response.content, provider=self.name)
+        content = await post_for_body(
+            self._client, _PATH, wire.encode(body), call, provider=self.name, error_for=self._error_for
+        )
+        message = decode_or_protocol_error(wire.decode_message, content, provider=self.name)
         return translate.from_anthropic_response(
             message, created=int(time.time()), model=body.model, json_tool=json_tool
         )
@@ -99,31 +88,25 @@ class AnthropicProvider:
             req, model=call.upstream_model, conf=self._conf, raw=inbound.raw, stream=stream
         )
 
-    def _raise_status(self, status: int, headers: httpx.Headers, body: bytes) -> NoReturn:
+    def _error_for(self, status: int, headers: httpx.Headers, body: bytes) -> Exception:
         if 300 <= status < 400:  # the shared redirect error (redirects are never followed)
-            raise error_from_response(status, headers, body, provider=self.name)
-        raise errors.error_from_body(status, body, provider=self.name, retry_after_s=parse_retry_after(headers))
+            return error_from_response(status, headers, body, provider=self.name)
+        return errors.error_from_body(status, body, provider=self.name, retry_after_s=parse_retry_after(headers))
 
     async def _stream(
         self, body: bytes, call: Call, state: translate.StreamState
     ) -> AsyncIterator[ChatCompletionChunk]:
-        request = self._client.build_request("POST", _PATH, content=body, headers=call.headers)
-        headers_by = min(call.deadline, time.monotonic() + call.timeouts.headers_s)
-        try:
-            async with asyncio.timeout_at(_loop_deadline(headers_by)):
-                response = await self._client.send(request, stream=True)
-        except TimeoutError:
-            raise UpstreamSilent(
-                f"{self.name}: no response headers within {call.timeouts.headers_s:g}s", provider=self.name
-            ) from None
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, provider=self.name) from None
-        try:
-            if response.status_code != 200:
-                self._raise_status(response.status_code, response.headers, await _read_capped(response))
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                raise self._not_a_stream(await _read_capped(response))
-            async for data in aiter_sse(response.aiter_bytes()):
+        opened = event_stream(
+            self._client,
+            _PATH,
+            body,
+            call,
+            provider=self.name,
+            error_for=self._error_for,
+            not_a_stream=self._not_a_stream,
+        )
+        async with opened as events:
+            async for data in events:
                 event = decode_or_protocol_error(wire.decode_event, data, provider=self.name)
                 for chunk in translate.step(state, event):
                     yield chunk
@@ -131,10 +114,6 @@ class AnthropicProvider:
                 raise UpstreamProtocolError(
                     f"{self.name}: stream ended before the answer was complete", provider=self.name
                 )
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, provider=self.name) from None
-        finally:
-            await response.aclose()
 
     def _not_a_stream(self, body: bytes) -> Exception:
         """A 200 that is not SSE: an Anthropic error body (typed like its kind) or garbage."""
@@ -145,17 +124,3 @@ class AnthropicProvider:
                 f"{self.name}: upstream answered a stream request without an event stream", provider=self.name
             )
         return errors.anthropic_error(None, info.type, info.message, provider=self.name)
-
-
-def _loop_deadline(deadline: float) -> float:
-    """Convert a time.monotonic() deadline to the running loop's clock."""
-    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    body = b""
-    async for piece in response.aiter_bytes():
-        body += piece
-        if len(body) >= _MAX_ERROR_BODY:
-            break
-    return body

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
-import httpx
 import msgspec
 from msgspec import UNSET
 
@@ -87,10 +86,10 @@ class AzureOpenAIProvider(OpenAICompatProvider):
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         return encode(body)
 
-    async def _chunks(self, response: httpx.Response, decode: Callable[[bytes], C]) -> AsyncIterator[C]:
+    async def _chunks(self, events: AsyncIterator[bytes], decode: Callable[[bytes], C]) -> AsyncIterator[C]:
         """Azure's choice-less `prompt_filter_results` chunk is folded into the next chunk."""
         pending: list[Any] | None = None
-        async for chunk in super()._chunks(response, decode):
+        async for chunk in super()._chunks(events, decode):
             if not chunk.choices and chunk.usage in (UNSET, None):
                 found = getattr(chunk, "prompt_filter_results", UNSET)
                 pending = found if isinstance(found, list) else pending

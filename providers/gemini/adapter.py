@@ -4,7 +4,6 @@ POST {base}/{version}/models/{model}:generateContent, :streamGenerateContent?alt
 :batchEmbedContents, with the key in `x-goog-api-key` (ai.google.dev/api, read 2026-06).
 """
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -14,15 +13,15 @@ import httpx
 import msgspec
 
 from providers._http import (
-    aiter_sse,
     decode_or_protocol_error,
     error_from_response,
-    error_from_transport,
+    event_stream,
     make_client,
     parse_retry_after,
+    post_for_body,
 )
 from providers.base import Call, Inbound, Timeouts
-from providers.errors import InvalidRequest, UpstreamProtocolError, UpstreamSilent, UpstreamTimeout
+from providers.errors import InvalidRequest, UpstreamProtocolError
 from providers.gemini import translate, wire
 from providers.gemini.config import GeminiConf
 from providers.gemini.errors import error_from_body
@@ -31,8 +30,6 @@ from providers.schema.completions import Completion, CompletionRequest, Embeddin
 from providers.secrets import Secret
 
 T = TypeVar("T")
-
-_MAX_ERROR_BODY = 64 * 1024
 
 
 class GeminiProvider:
@@ -121,54 +118,32 @@ class GeminiProvider:
         )
 
     async def _post(self, path: str, body: bytes, call: Call) -> bytes:
-        try:
-            async with asyncio.timeout_at(_loop_deadline(call.deadline)):
-                response = await self._client.post(path, content=body, headers=call.headers)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"{self.name}: no complete answer before the request deadline", provider=self.name
-            ) from None
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, provider=self.name) from None
-        if response.status_code != 200:
-            raise self._error(response, response.content)
-        return response.content
+        return await post_for_body(self._client, path, body, call, provider=self.name, error_for=self._error)
 
     async def _stream(
         self, path: str, body: bytes, call: Call, state: translate.StreamState
     ) -> AsyncIterator[ChatCompletionChunk]:
-        request = self._client.build_request("POST", path, params={"alt": "sse"}, content=body, headers=call.headers)
-        headers_by = min(call.deadline, time.monotonic() + call.timeouts.headers_s)
-        try:
-            async with asyncio.timeout_at(_loop_deadline(headers_by)):
-                response = await self._client.send(request, stream=True)
-        except TimeoutError:
-            raise UpstreamSilent(
-                f"{self.name}: no response headers within {call.timeouts.headers_s:g}s", provider=self.name
-            ) from None
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, provider=self.name) from None
-        try:
-            if response.status_code != 200:
-                raise self._error(response, await _read_capped(response))
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                raise self._not_a_stream(await _read_capped(response))
-            async for data in aiter_sse(response.aiter_bytes()):
+        opened = event_stream(
+            self._client,
+            f"{path}?alt=sse",
+            body,
+            call,
+            provider=self.name,
+            error_for=self._error,
+            not_a_stream=self._not_a_stream,
+        )
+        async with opened as events:
+            async for data in events:
                 event = decode_or_protocol_error(wire.decode_response, data, provider=self.name)
                 for chunk in translate.step(state, event):
                     yield chunk
             for chunk in translate.finish(state):
                 yield chunk
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, provider=self.name) from None
-        finally:
-            await response.aclose()
 
-    def _error(self, response: httpx.Response, body: bytes) -> Exception:
-        if 300 <= response.status_code < 400:
-            return error_from_response(response.status_code, response.headers, body, provider=self.name)
-        retry_after = parse_retry_after(response.headers)
-        return error_from_body(response.status_code, body, provider=self.name, retry_after_s=retry_after)
+    def _error(self, status: int, headers: httpx.Headers, body: bytes) -> Exception:
+        if 300 <= status < 400:
+            return error_from_response(status, headers, body, provider=self.name)
+        return error_from_body(status, body, provider=self.name, retry_after_s=parse_retry_after(headers))
 
     def _not_a_stream(self, body: bytes) -> Exception:
         """A 200 that is not SSE: an error body (mapped like any error) or garbage (a protocol error)."""
@@ -191,17 +166,3 @@ def _try(decode: Callable[[bytes], T], body: bytes) -> T | None:
         return decode(body)
     except msgspec.DecodeError:
         return None
-
-
-def _loop_deadline(deadline: float) -> float:
-    """Convert a time.monotonic() deadline to the running loop's clock."""
-    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    body = b""
-    async for piece in response.aiter_bytes():
-        body += piece
-        if len(body) >= _MAX_ERROR_BODY:
-            break
-    return body

@@ -1,7 +1,5 @@
 """The OpenAI-compatible adapter: I/O only. The client's body is forwarded as sent (minus the deny-list)."""
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -10,16 +8,16 @@ import msgspec
 from msgspec import UNSET
 
 from providers._http import (
-    aiter_sse,
     decode_or_protocol_error,
     error_from_detail,
     error_from_response,
-    error_from_transport,
+    event_stream,
     make_client,
+    post_for_body,
 )
 from providers.base import Call, Inbound, Timeouts
 from providers.capabilities import ALL as ALL_CAPABILITIES
-from providers.errors import UpstreamProtocolError, UpstreamSilent, UpstreamTimeout
+from providers.errors import UpstreamProtocolError
 from providers.openai_compat.config import OpenAICompatConf
 from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest
 from providers.schema.codec import (
@@ -34,8 +32,6 @@ from providers.secrets import Secret
 
 R = TypeVar("R", ChatCompletion, Completion, EmbeddingResponse)
 C = TypeVar("C", ChatCompletionChunk, Completion)
-
-_MAX_ERROR_BODY = 64 * 1024
 
 
 class OpenAICompatProvider:
@@ -92,51 +88,32 @@ class OpenAICompatProvider:
         return encode(body)
 
     async def _post(self, path: str, body: bytes, call: Call, decode: Callable[[bytes], R]) -> R:
-        try:
-            async with asyncio.timeout_at(_loop_deadline(call.deadline)):
-                response = await self._client.post(path, content=body, headers=call.headers)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"{self.name}: no complete answer before the request deadline", provider=self.name
-            ) from None
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, provider=self.name) from None
-        if response.status_code != 200:
-            raise error_from_response(response.status_code, response.headers, response.content, provider=self.name)
-        result = decode_or_protocol_error(decode, response.content, provider=self.name)
+        content = await post_for_body(self._client, path, body, call, provider=self.name, error_for=self._error_for)
+        result = decode_or_protocol_error(decode, content, provider=self.name)
         if result.error is not UNSET:  # 200 with an error body
             raise error_from_detail(result.error, status=0, provider=self.name)
         return result
 
     async def _stream(self, path: str, body: bytes, call: Call, decode: Callable[[bytes], C]) -> AsyncIterator[C]:
-        request = self._client.build_request("POST", path, content=body, headers=call.headers)
-        headers_by = min(call.deadline, time.monotonic() + call.timeouts.headers_s)
-        try:
-            async with asyncio.timeout_at(_loop_deadline(headers_by)):
-                response = await self._client.send(request, stream=True)
-        except TimeoutError:
-            raise UpstreamSilent(
-                f"{self.name}: no response headers within {call.timeouts.headers_s:g}s", provider=self.name
-            ) from None
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, provider=self.name) from None
-        try:
-            if response.status_code != 200:
-                raise error_from_response(
-                    response.status_code, response.headers, await _read_capped(response), provider=self.name
-                )
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                raise _not_a_stream(await _read_capped(response), decode, self.name)
-            async for chunk in self._chunks(response, decode):
+        opened = event_stream(
+            self._client,
+            path,
+            body,
+            call,
+            provider=self.name,
+            error_for=self._error_for,
+            not_a_stream=lambda content: _not_a_stream(content, decode, self.name),
+        )
+        async with opened as events:
+            async for chunk in self._chunks(events, decode):
                 yield chunk
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, provider=self.name) from None
-        finally:
-            await response.aclose()
 
-    async def _chunks(self, response: httpx.Response, decode: Callable[[bytes], C]) -> AsyncIterator[C]:
+    def _error_for(self, status: int, headers: httpx.Headers, body: bytes) -> Exception:
+        return error_from_response(status, headers, body, provider=self.name)
+
+    async def _chunks(self, events: AsyncIterator[bytes], decode: Callable[[bytes], C]) -> AsyncIterator[C]:
         finished = False
-        async for data in aiter_sse(response.aiter_bytes()):
+        async for data in events:
             if data == b"[DONE]":
                 return
             chunk = decode_or_protocol_error(decode, data, provider=self.name)
@@ -146,21 +123,6 @@ class OpenAICompatProvider:
             yield chunk
         if not finished:
             raise UpstreamProtocolError(f"{self.name}: stream ended before the answer was complete", provider=self.name)
-
-
-def _loop_deadline(deadline: float) -> float:
-    """Convert a time.monotonic() deadline to the running loop's clock."""
-    loop = asyncio.get_running_loop()
-    return loop.time() + (deadline - time.monotonic())
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    body = b""
-    async for piece in response.aiter_bytes():
-        body += piece
-        if len(body) >= _MAX_ERROR_BODY:
-            break
-    return body
 
 
 def _not_a_stream(body: bytes, decode: Callable[[bytes], Any], provider: str) -> Exception:
