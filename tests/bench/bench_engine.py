@@ -195,6 +195,11 @@ def main() -> int:
     parser.add_argument(
         "--gateway-nice", type=int, default=0, help="run escalade at this niceness (negative: before the engine)"
     )
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="engine (all its processes and OpenMP threads) on core 1; escalade and the load generator on core 0",
+    )
     args = parser.parse_args()
     venv = Path(os.environ.get("ESCALADE_VLLM_VENV", "/tmp/escalade-vllm/venv"))
     model = Path(os.environ.get("ESCALADE_TINY_MODEL", "/tmp/escalade-vllm/tiny-mixtral"))
@@ -203,6 +208,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     port = free_port()
     doc = policy(venv, model, port, root)
+    if args.split_cores:
+        doc["providers"]["local"]["engine"]["env"]["VLLM_CPU_OMP_THREADS_BIND"] = "1"
     (work / "policy.yaml").write_text(yaml.safe_dump(doc))
     env = {**os.environ, "ESCALADE_RUN_DIR": str(work / "run")}
     began = time.monotonic()
@@ -231,6 +238,11 @@ def main() -> int:
         if args.gateway_nice:  # now, not at launch: the engine must not inherit it (main thread only)
             os.setpriority(os.PRIO_PROCESS, gateway.pid, args.gateway_nice)
         record = runfiles.read_record(next((work / "run").glob("engine-local-*.json")))
+        if args.split_cores:
+            for pid in runfiles.group_members(record.pgid):
+                subprocess.run(["taskset", "-a", "-p", "-c", "1", str(pid)], check=False, capture_output=True)
+            subprocess.run(["taskset", "-a", "-p", "-c", "0", str(gateway.pid)], check=False, capture_output=True)
+            os.sched_setaffinity(0, {0})
         rss_ready = group_rss_mib(record.pgid)
         print(f"engine start: {start_s:.1f}s from `escalade serve` to /readyz 200; RSS {rss_ready:.0f} MiB")
         asyncio.run(
