@@ -63,7 +63,7 @@ def test_unknown_route_is_404_through_the_sdk(make_gateway):
 def test_caps_on_n_max_tokens_and_body_size(make_gateway, mock):
     gw = make_gateway(ROUTE, server={"max_n": 2, "max_tokens": 100, "max_request_bytes": 2000})
     msg = [{"role": "user", "content": "x"}]
-    assert_openai_error(post(gw, {"model": "auto", "messages": msg, "n": 3}), 400)["param"] == "n"
+    assert assert_openai_error(post(gw, {"model": "auto", "messages": msg, "n": 3}), 400)["param"] == "n"
     assert_openai_error(post(gw, {"model": "auto", "messages": msg, "max_tokens": 101}), 400)
     assert_openai_error(post(gw, {"model": "auto", "messages": msg, "max_completion_tokens": 101}), 400)
     big = [{"role": "user", "content": "x" * 5000}]
