@@ -125,12 +125,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
-def make_client(*, base_url: str, headers: dict[str, str], connect_s: float, read_s: float) -> httpx.AsyncClient:
-    """One pooled client per provider. `read_s` bounds the gap between two reads (the idle timeout)."""
+def make_client(
+    *,
+    base_url: str,
+    headers: dict[str, str],
+    connect_s: float,
+    read_s: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client per provider. `read_s` bounds the gap between two reads (the idle timeout).
+
+    `transport` replaces the aiohttp one (tests inject httpx.MockTransport).
+    """
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
-        transport=AiohttpTransport(),
+        transport=transport or AiohttpTransport(),
         timeout=httpx.Timeout(connect=connect_s, read=read_s, write=connect_s, pool=connect_s),
         follow_redirects=False,
         trust_env=False,

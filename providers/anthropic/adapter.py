@@ -18,7 +18,7 @@ from providers.anthropic import errors, translate, wire
 from providers.anthropic.config import AnthropicConf
 from providers.base import Call, Inbound, Timeouts
 from providers.errors import UpstreamProtocolError
-from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest
+from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest, with_overrides
 from providers.schema.completions import Completion, CompletionRequest, EmbeddingRequest, EmbeddingResponse
 from providers.secrets import Secret
 
@@ -83,7 +83,7 @@ class AnthropicProvider:
     # ------------------------------------------------------------ internals
 
     def _translate(self, inbound: Inbound[ChatRequest], call: Call, *, stream: bool) -> translate.Translated:
-        req = translate.apply_overrides(inbound.typed, call.overrides)
+        req = with_overrides(inbound.typed, call.overrides)
         return translate.to_anthropic_request(
             req, model=call.upstream_model, conf=self._conf, raw=inbound.raw, stream=stream
         )

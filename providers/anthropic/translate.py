@@ -95,12 +95,6 @@ class Translated(NamedTuple):
 # ================================================================ request
 
 
-def apply_overrides(req: ChatRequest, overrides: Mapping[str, Any]) -> ChatRequest:
-    """The policy's per-attempt body fields (e.g. a rung's reasoning_effort) set over the client's."""
-    known = {k: v for k, v in overrides.items() if k in _TYPED}
-    if not known:
-        return req
-    return msgspec.convert({**msgspec.to_builtins(req), **known}, ChatRequest)
 
 
 def to_anthropic_request(

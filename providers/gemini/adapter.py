@@ -25,7 +25,7 @@ from providers.errors import InvalidRequest, UpstreamProtocolError
 from providers.gemini import translate, wire
 from providers.gemini.config import GeminiConf
 from providers.gemini.errors import error_from_body
-from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest
+from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest, with_overrides
 from providers.schema.completions import Completion, CompletionRequest, EmbeddingRequest, EmbeddingResponse
 from providers.secrets import Secret
 
@@ -54,19 +54,13 @@ class GeminiProvider:
         headers = {"content-type": "application/json", "accept": "application/json", **conf.headers}
         if key is not None:
             headers["x-goog-api-key"] = key.reveal()
-        if transport is None:
-            self._client = make_client(
-                base_url=conf.base_url, headers=headers, connect_s=timeouts.connect_s, read_s=timeouts.idle_s
-            )
-        else:  # tests: the same client settings over an injected transport
-            self._client = httpx.AsyncClient(
-                base_url=conf.base_url.rstrip("/"),
-                headers=headers,
-                transport=transport,
-                timeout=httpx.Timeout(connect=timeouts.connect_s, read=timeouts.idle_s, write=None, pool=None),
-                follow_redirects=False,
-                trust_env=False,
-            )
+        self._client = make_client(
+            base_url=conf.base_url,
+            headers=headers,
+            connect_s=timeouts.connect_s,
+            read_s=timeouts.idle_s,
+            transport=transport,
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -74,14 +68,14 @@ class GeminiProvider:
     # ------------------------------------------------------------ public API
 
     async def chat(self, inbound: Inbound[ChatRequest], call: Call) -> ChatCompletion:
-        req = translate.with_overrides(inbound.typed, call.overrides)
+        req = with_overrides(inbound.typed, call.overrides)
         body = self._chat_body(req, call)
         raw = await self._post(self._path(call, "generateContent"), body, call)
         resp = decode_or_protocol_error(wire.decode_response, raw, provider=self.name)
         return translate.from_gemini_response(resp, self._context(req, call))
 
     def chat_stream(self, inbound: Inbound[ChatRequest], call: Call) -> AsyncIterator[ChatCompletionChunk]:
-        req = translate.with_overrides(inbound.typed, call.overrides)
+        req = with_overrides(inbound.typed, call.overrides)
         body = self._chat_body(req, call)  # a request Gemini cannot take fails here, before any I/O
         state = translate.StreamState(ctx=self._context(req, call))
         return self._stream(self._path(call, "streamGenerateContent"), body, call, state)

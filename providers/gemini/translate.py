@@ -103,12 +103,6 @@ def thinking_mode(model: str, configured: str) -> ThinkingMode:
     return "budget" if name.startswith(("gemini-1", "gemini-2")) else "level"
 
 
-def with_overrides(req: ChatRequest, overrides: dict[str, Any]) -> ChatRequest:
-    """The request with the policy's per-attempt fields (e.g. a rung's reasoning_effort) applied on top."""
-    if not overrides:
-        return req
-    merged = {**msgspec.to_builtins(req), **overrides}
-    return msgspec.convert(merged, ChatRequest)
 
 
 # ================================================================ request

@@ -21,7 +21,7 @@ from providers.base import Call, Inbound, Timeouts
 from providers.errors import InvalidRequest, UpstreamProtocolError
 from providers.mistral import translate, wire
 from providers.mistral.config import MistralConf
-from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest
+from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest, with_overrides
 from providers.schema.codec import decode_embedding_response
 from providers.schema.completions import Completion, CompletionRequest, EmbeddingRequest, EmbeddingResponse
 from providers.secrets import Secret
@@ -48,19 +48,13 @@ class MistralProvider:
         headers = {"content-type": "application/json", "accept": "application/json", **conf.headers}
         if key is not None:
             headers["authorization"] = f"Bearer {key.reveal()}"
-        if transport is None:
-            self._client = make_client(
-                base_url=conf.base_url, headers=headers, connect_s=timeouts.connect_s, read_s=timeouts.idle_s
-            )
-        else:  # tests: the same client settings over an injected transport
-            self._client = httpx.AsyncClient(
-                base_url=conf.base_url.rstrip("/"),
-                headers=headers,
-                transport=transport,
-                timeout=httpx.Timeout(connect=timeouts.connect_s, read=timeouts.idle_s, write=None, pool=None),
-                follow_redirects=False,
-                trust_env=False,
-            )
+        self._client = make_client(
+            base_url=conf.base_url,
+            headers=headers,
+            connect_s=timeouts.connect_s,
+            read_s=timeouts.idle_s,
+            transport=transport,
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -97,7 +91,7 @@ class MistralProvider:
     # ------------------------------------------------------------ internals
 
     def _chat_body(self, inbound: Inbound[ChatRequest], call: Call, *, stream: bool) -> bytes:
-        req = translate.with_overrides(inbound.typed, call.overrides)
+        req = with_overrides(inbound.typed, call.overrides)
         body = translate.to_mistral_request(
             req, model=call.upstream_model, stream=stream, raw=inbound.raw, efforts=self._efforts
         )

@@ -57,11 +57,6 @@ PASS_THROUGH = ("prediction", "prompt_cache_key", "prompt_mode", "safe_prompt")
 """Fields a client may send in the raw body that Mistral understands and the OpenAI schema does not type."""
 
 
-def with_overrides(req: ChatRequest, overrides: dict[str, Any]) -> ChatRequest:
-    """The request with the policy's per-attempt fields (e.g. a rung's reasoning_effort) applied on top."""
-    if not overrides:
-        return req
-    return msgspec.convert({**msgspec.to_builtins(req), **overrides}, ChatRequest)
 
 
 def _set(value: Any) -> Any:

@@ -214,6 +214,15 @@ class ChatRequest(Wire):
         return isinstance(self.stream_options, StreamOptions) and self.stream_options.include_usage is True
 
 
+def with_overrides(req: ChatRequest, overrides: dict[str, Any]) -> ChatRequest:
+    """The request with the policy's per-attempt fields (e.g. a rung's reasoning_effort) set over the
+    client's. Fields ChatRequest does not type are ignored here (native adapters translate typed fields)."""
+    known = {k: v for k, v in overrides.items() if k in ChatRequest.__struct_fields__}
+    if not known:
+        return req
+    return msgspec.convert({**msgspec.to_builtins(req), **known}, ChatRequest)
+
+
 # ---------------------------------------------------------------- response
 
 

@@ -20,6 +20,7 @@ from providers.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from providers.schema.chat import with_overrides
 from providers.schema.codec import decode_chat_request
 
 CONF = AnthropicConf()
@@ -224,8 +225,8 @@ def test_consecutive_same_role_messages_merge_and_empty_text_is_dropped() -> Non
 
 def test_overrides_replace_typed_fields_and_ignore_others() -> None:
     req = decode_chat_request(json.dumps({"model": "m", "messages": USER, "reasoning_effort": "low"}).encode())
-    assert translate.apply_overrides(req, {}) is req
-    changed = translate.apply_overrides(req, {"reasoning_effort": "high", "not_a_field": 1})
+    assert with_overrides(req, {}) is req
+    changed = with_overrides(req, {"reasoning_effort": "high", "not_a_field": 1})
     assert changed.reasoning_effort == "high"
 
 
