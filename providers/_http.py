@@ -280,7 +280,14 @@ def decode_or_protocol_error(decode: Any, body: bytes, *, provider: str) -> Any:
 
 MAX_ERROR_BODY = 64 * 1024
 ErrorFor = Callable[[int, httpx.Headers, bytes], Exception]
-"""(status, headers, body) of a non-200 answer -> the typed error to raise (each provider's own mapping)."""
+"""(status, headers, body) of a non-200, non-redirect answer -> the typed error (each provider's own mapping)."""
+
+
+def _non_200(status: int, headers: httpx.Headers, body: bytes, provider: str, error_for: ErrorFor) -> Exception:
+    """Redirects are one error for every provider (never followed); the rest is the provider's mapping."""
+    if 300 <= status < 400:
+        return error_from_response(status, headers, body, provider=provider)
+    return error_for(status, headers, body)
 
 
 def loop_deadline(deadline: float) -> float:
@@ -312,7 +319,7 @@ async def post_for_body(
     except httpx.HTTPError as exc:
         raise error_from_transport(exc, provider=provider) from None
     if response.status_code != 200:
-        raise error_for(response.status_code, response.headers, response.content)
+        raise _non_200(response.status_code, response.headers, response.content, provider, error_for)
     return response.content
 
 
@@ -345,7 +352,8 @@ async def event_stream(
         raise error_from_transport(exc, provider=provider) from None
     try:
         if response.status_code != 200:
-            raise error_for(response.status_code, response.headers, await read_capped(response))
+            body = await read_capped(response)
+            raise _non_200(response.status_code, response.headers, body, provider, error_for)
         if not response.headers.get("content-type", "").startswith("text/event-stream"):
             raise not_a_stream(await read_capped(response))
         yield aiter_sse(response.aiter_bytes())

@@ -8,7 +8,6 @@ import msgspec
 
 from providers._http import (
     decode_or_protocol_error,
-    error_from_response,
     event_stream,
     make_client,
     parse_retry_after,
@@ -89,8 +88,6 @@ class AnthropicProvider:
         )
 
     def _error_for(self, status: int, headers: httpx.Headers, body: bytes) -> Exception:
-        if 300 <= status < 400:  # the shared redirect error (redirects are never followed)
-            return error_from_response(status, headers, body, provider=self.name)
         return errors.error_from_body(status, body, provider=self.name, retry_after_s=parse_retry_after(headers))
 
     async def _stream(

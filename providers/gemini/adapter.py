@@ -14,7 +14,6 @@ import msgspec
 
 from providers._http import (
     decode_or_protocol_error,
-    error_from_response,
     event_stream,
     make_client,
     parse_retry_after,
@@ -135,8 +134,6 @@ class GeminiProvider:
                 yield chunk
 
     def _error(self, status: int, headers: httpx.Headers, body: bytes) -> Exception:
-        if 300 <= status < 400:
-            return error_from_response(status, headers, body, provider=self.name)
         return error_from_body(status, body, provider=self.name, retry_after_s=parse_retry_after(headers))
 
     def _not_a_stream(self, body: bytes) -> Exception:
