@@ -27,10 +27,13 @@ async def reload_now(state: GatewayState, *, force: bool = False) -> bool:
     if path is None:
         return False
     state.status.last_checked_at = time.time()
+    before = _signature(path)
     try:
         text = await asyncio.to_thread(path.read_bytes)
     except OSError as exc:
         return _reject(state, f"{path}: cannot read the policy file ({exc.strerror})")
+    if _signature(path) != before:  # written while we read it: the watcher tries again once it settles
+        return False
     if not force and policy_version(text) == state.runtime.version:
         state.status.last_error = None  # the file is back to what is serving
         state.status.last_error_at = None
@@ -59,7 +62,12 @@ def _reject(state: GatewayState, problems: str) -> bool:
 
 
 class PolicyWatcher:
-    """Polls the policy file's stat every `interval_s` and reloads when it changes."""
+    """Polls the policy file's stat every `interval_s` and reloads once a change has settled.
+
+    A file is read only after its size, mtime and inode stayed the same for one whole interval: a
+    policy written in place (truncate, then write) is never read half-written, which could otherwise
+    be a valid policy with whole sections missing.
+    """
 
     def __init__(self, state: GatewayState, interval_s: float) -> None:
         self._state = state
@@ -80,15 +88,20 @@ class PolicyWatcher:
         path = self._state.policy_path
         assert path is not None
         seen = _signature(path)
+        settling = False
         while True:
             await asyncio.sleep(self._interval_s)
             current = _signature(path)
-            if current != seen:
-                seen = current
-                try:
-                    await reload_now(self._state)
-                except Exception:  # the watcher must outlive any surprise
-                    log.exception("policy reload crashed; still serving %s", self._state.runtime.version)
+            if current != seen:  # changed: wait until it stops changing (a write may be half done)
+                seen, settling = current, True
+                continue
+            if not settling:
+                continue
+            settling = False
+            try:
+                await reload_now(self._state)
+            except Exception:  # the watcher must outlive any surprise
+                log.exception("policy reload crashed; still serving %s", self._state.runtime.version)
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

@@ -48,8 +48,8 @@ def parse_policy(text: str | bytes, source: str = "policy") -> Policy:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader: data only, no tags
     except yaml.YAMLError as exc:
         raise PolicyError([f"{source}: not valid YAML: {exc}"]) from None
-    if data is None:
-        data = {}
+    if data is None:  # an empty file (or one caught mid-write) must never replace a working policy
+        raise PolicyError([f"{source}: the policy is empty"])
     if not isinstance(data, dict):
         raise PolicyError([f"{source}: the policy must be a mapping at the top level"])
     lines = _LineIndex(root)

@@ -55,7 +55,13 @@ def line_of(text: str, needle: str) -> int:
 # ---------------------------------------------------------------- valid policies
 
 
-@pytest.mark.parametrize("text", ["", "version: 1\n", b"version: 1\n", "# only a comment\n"])
+@pytest.mark.parametrize("text", ["", b"", "# only a comment\n", "\n\n"])
+def test_an_empty_policy_is_refused(text: str | bytes) -> None:
+    """An empty file (or one caught mid-write by hot reload) must never replace a working policy."""
+    assert problems_of(text) == ["policy.yaml: the policy is empty"]
+
+
+@pytest.mark.parametrize("text", ["version: 1\n", b"version: 1\n"])
 def test_empty_policy_is_all_defaults(text: str | bytes) -> None:
     policy = parse_policy(text)
     assert policy == Policy()
