@@ -8,7 +8,7 @@ the client has bytes and the answer can no longer change hands.
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -16,8 +16,10 @@ from typing import Any, Generic, TypeVar
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, stop_never
 
+from gateway.observe import Observer, notify
 from gateway.runtime import Runtime
 from gateway.telemetry import tracer, tracing_active
+from policies.health import Outcome
 from policies.retry import Step, next_step
 from policies.router import Candidate, Plan
 from providers.base import Call, Provider
@@ -44,6 +46,8 @@ class Committed(Generic[C]):
     held: list[C]
     rest: AsyncIterator[C]
     ended: bool
+    started: float = 0.0
+    """time.monotonic() when the attempt that produced this stream began."""
 
 
 @dataclass(slots=True)
@@ -56,6 +60,8 @@ class Request:
     deadline: float
     runtime: Runtime
     plan: Plan
+    observers: Sequence[Observer] = ()
+    """Told the Outcome of every upstream attempt (the state store, metrics)."""
 
 
 async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
@@ -131,13 +137,19 @@ async def _with_retries(
             headers={"x-request-id": req.request_id},
             has_fallback=not is_last,
         )
+        started = time.monotonic()
         with attempt_span(req, candidate, counter.n) as span:
             try:
-                return await attempt(provider, call)
+                result = await attempt(provider, call)
             except GatewayError as error:
                 span.set_attribute("error.type", error.kind)
                 span.set_status(Status(StatusCode.ERROR, error.message))
+                if req.observers:
+                    notify(req.observers, failed_outcome(req.plan.route, candidate.name, error, started))
                 raise
+        if req.observers:
+            notify(req.observers, success_outcome(req.plan.route, candidate.name, result, started))
+        return result
 
     try:
         return await one_attempt()
@@ -149,6 +161,39 @@ async def _with_retries(
     await asyncio.sleep(wait_first)
     retrying = AsyncRetrying(stop=stop_never, wait=wait, retry=decide, reraise=True, sleep=asyncio.sleep)
     return await retrying(one_attempt)
+
+
+def failed_outcome(route: str, deployment: str, error: GatewayError, started: float) -> Outcome:
+    return Outcome(
+        route=route,
+        deployment=deployment,
+        ok=False,
+        error_kind=error.kind,
+        status=error.status,
+        retry_after_s=getattr(error, "retry_after_s", None),
+        ttft_s=None,
+        total_s=time.monotonic() - started,
+        at=time.time(),
+    )
+
+
+def success_outcome(route: str, deployment: str, result: Any, started: float) -> Outcome:
+    """A stream's attempt ends at its commit point (TTFT); a unary call's first token is its last."""
+    elapsed = time.monotonic() - started
+    if isinstance(result, Committed):
+        result.started = started
+        return Outcome(route=route, deployment=deployment, ok=True, ttft_s=elapsed, at=time.time())
+    usage = getattr(result, "usage", None)
+    return Outcome(
+        route=route,
+        deployment=deployment,
+        ok=True,
+        ttft_s=elapsed,
+        total_s=elapsed,
+        input_tokens=getattr(usage, "prompt_tokens", None) if usage else None,
+        output_tokens=getattr(usage, "completion_tokens", None) if usage else None,
+        at=time.time(),
+    )
 
 
 def attempt_span(req: Request, candidate: Candidate, number: int) -> AbstractContextManager[Any]:

@@ -12,6 +12,7 @@ from providers.schema.errors import ErrorBody, ErrorDetail
 
 log = logging.getLogger("escalade.errors")
 
+
 class ClientDisconnected(Exception):
     """The client went away before the answer; nothing is sent."""
 

@@ -4,9 +4,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.observe import Observer
 from gateway.runtime import Runtime
 from local_engine.fleet import Engines
 from local_engine.supervisor import EngineStatus
+from policies.health import Health
 from policies.signals import EngineSignals, Signals
 
 
@@ -37,6 +39,10 @@ class GatewayState:
     """The local engines this gateway supervises (providers with `engine:`)."""
     signals: Signals = field(default_factory=dict)
     """Provider -> live engine signals for routing; replaced whole (never mutated) on every change."""
+    health: Health = field(default_factory=dict)
+    """Deployment -> live health (circuit, cooldown, latency) for routing; replaced whole by its keeper."""
+    observers: list[Observer] = field(default_factory=list)
+    """Told the Outcome of every upstream attempt and of every committed stream's end."""
 
     def engine_changed(self, status: EngineStatus) -> None:
         """Supervisor callback: publish the engine's new state to routing."""

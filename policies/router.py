@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+from policies.health import NO_HEALTH, Health, health_skip_reason
 from policies.schema import ModelConf, Policy, RouteConf
 from policies.signals import NO_SIGNALS, Signals, retry_after_s, skip_reason
 from providers.capabilities import ENDPOINTS, HARD
@@ -17,6 +18,8 @@ class Candidate:
     name: str
     model: ModelConf
     overrides: dict[str, Any] = field(default_factory=dict)
+    rung: int = 0
+    """Cascade rung this candidate belongs to (0 for routes without rungs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +32,12 @@ class Plan:
 
 
 def plan(
-    policy: Policy, route_name: str, signals: Signals = NO_SIGNALS, needs: frozenset[str] = frozenset()
+    policy: Policy,
+    route_name: str,
+    signals: Signals = NO_SIGNALS,
+    needs: frozenset[str] = frozenset(),
+    health: Health = NO_HEALTH,
+    now: float = 0.0,
 ) -> Plan:
     """The deployments a request to `route_name` tries, in order (strategy `priority`).
 
@@ -37,7 +45,8 @@ def plan(
     logprobs, embeddings, completions) is skipped; when none has it, the request is refused (400)
     naming what is missing. `signals` are the gateway's live view of its local engines: a
     deployment whose engine is not ready, or whose queue is deeper than the model's `max_queue`, is
-    skipped; when that leaves nothing, NoEligibleRoute (503) says why, with a Retry-After.
+    skipped; when that leaves nothing, NoEligibleRoute (503) says why, with a Retry-After. `health`
+    (with `now`, wall clock) rules out deployments whose circuit is open or that cool down.
     """
     route = policy.routes[route_name]
     hard_needs = needs & HARD
@@ -50,6 +59,8 @@ def plan(
             unable.append((candidate.name, f"cannot serve {', '.join(sorted(lacking))}"))
             continue
         reason = skip_reason(candidate.model, signals) if signals else None
+        if reason is None and health:
+            reason = health_skip_reason(candidate.name, health, now)
         if reason is None:
             candidates.append(candidate)
         else:
@@ -84,13 +95,13 @@ def _candidates(policy: Policy, route: RouteConf) -> list[Candidate]:
         return [Candidate(name, policy.models[name], overrides) for name in dict.fromkeys(route.models)]
     seen: set[tuple[str, str | None]] = set()
     result: list[Candidate] = []
-    for rung in route.rungs:
+    for number, rung in enumerate(route.rungs):
         effort = rung.reasoning_effort if rung.reasoning_effort is not None else route.reasoning_effort
         rung_overrides = {**overrides, "reasoning_effort": effort} if effort is not None else overrides
         for name in rung.models:
             if (name, effort) not in seen:  # keep order, drop repeats
                 seen.add((name, effort))
-                result.append(Candidate(name, policy.models[name], rung_overrides))
+                result.append(Candidate(name, policy.models[name], rung_overrides, rung=number))
     return result
 
 

@@ -33,8 +33,52 @@ class ServerConf(Conf):
 
 
 class StateConf(Conf):
+    """Where live routing state (latency statistics, circuit state, cooldowns, spend) is kept."""
+
     backend: Literal["memory", "redis"] = "memory"
+    """memory: this process only (one replica, zero setup). redis: shared by every replica."""
     redis_url_env: str = "REDIS_URL"
+    """Env var holding the Redis URL (it may carry a password, so it is never a value in the file)."""
+    key_prefix: str = "escalade"
+    """Namespace of every Redis key, so several fleets can share one Redis."""
+    sync_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    """How often a replica pushes its observations to Redis and pulls the fleet's."""
+
+
+class BreakerConf(Conf):
+    """Circuit breaker per deployment: open after failures, probe after `open_s`, close on success."""
+
+    consecutive_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    failure_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    """Open when this share of the last `window` attempts failed (once `min_requests` were seen)."""
+    window: Annotated[int, msgspec.Meta(ge=1)] = 50
+    min_requests: Annotated[int, msgspec.Meta(ge=1)] = 20
+    open_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    half_open_probes: Annotated[int, msgspec.Meta(ge=1)] = 1
+
+
+class RetryBudgetConf(Conf):
+    """Retries may add at most `ratio` of first attempts (plus `min_per_s`), so they cannot multiply an outage."""
+
+    ratio: Annotated[float, msgspec.Meta(ge=0)] = 0.2
+    min_per_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+
+
+class ResilienceConf(Conf):
+    breaker: BreakerConf = BreakerConf()
+    retry_budget: RetryBudgetConf = RetryBudgetConf()
+    auth_cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    """A deployment whose provider rejected escalade's key (401/403) is not tried for this long."""
+    latency_window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    """Recent window of the latency statistics routing reads (TTFT, total, tokens/s)."""
+
+
+class TelemetryConf(Conf):
+    propagate_trace_context: bool = False
+    """Send W3C `traceparent` to upstream providers (an incoming one is always continued)."""
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    """None: ESCALADE_LOG_LEVEL, else info."""
+    log_format: Literal["json", "text"] = "json"
 
 
 class Price(Conf):
@@ -66,11 +110,42 @@ Strategy = Literal["priority", "weighted", "lowest_cost", "lowest_latency", "cas
 IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset({"priority"})
 
 
+class HedgeConf(Conf):
+    """Send a second request to the next candidate when the first has not produced a token in time;
+    the first to produce one wins and the other is cancelled."""
+
+    after_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """None: the first candidate's recent TTFT p95 (no hedge until enough samples)."""
+    min_after_s: Annotated[float, msgspec.Meta(ge=0)] = 0.05
+
+
+GateCheck = Literal["truncated", "empty", "json_schema", "tool_call", "refusal", "repetition", "answer_format"]
+
+
+class ShadowConf(Conf):
+    """Shadow mode: a sampled share of ACCEPTED answers is also sent to the route's last rung in the
+    background, and both answers are logged (JSONL) for `escalade calibrate`."""
+
+    rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    log: str | None = None
+    """JSONL file the pairs are appended to."""
+
+
 class GateConf(Conf):
-    checks: list[str] = []
-    min_score: float | None = None
+    """What a cascade rung's answer must pass to be returned instead of escalating."""
+
+    checks: list[GateCheck] = []
+    min_score: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    """Threshold on the logprob confidence score (0..1); None: checks only."""
     hold: Literal["full", "prefix"] = "full"
-    prefix_tokens: int = 32
+    """Streaming: full buffers the whole answer before gating; prefix gates on the first
+    `prefix_tokens` tokens, then commits and streams the rest live."""
+    prefix_tokens: Annotated[int, msgspec.Meta(ge=1)] = 32
+    refusal_patterns: list[str] = []
+    """Regexes (case-insensitive) that mark a refusal; empty: the built-in list."""
+    answer_format: str | None = None
+    """A regex the whole answer must match (the `answer_format` check)."""
+    shadow: ShadowConf | None = None
 
 
 class RungConf(Conf):
@@ -90,6 +165,16 @@ class RouteConf(Conf):
     data_residency: Literal["any", "local"] = "any"
     reasoning_effort: str | None = None
     """Sets `reasoning_effort` on every upstream call of this route (overrides the client's)."""
+    weights: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = {}
+    """strategy weighted: deployment -> relative share of traffic (missing: 1)."""
+    explore: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    """strategy lowest_latency: share of requests sent to a random other candidate, so a recovered
+    model gets measured (and traffic) again."""
+    hedge: HedgeConf | None = None
+    context_fallback: bool = False
+    """On a 400 context-length error, try the next candidate with a larger context_window."""
+    record_content: bool = False
+    """Record prompt and completion text in traces (off: never recorded)."""
 
 
 class Budget(Conf):
@@ -128,3 +213,5 @@ class Policy(Conf):
     keys: list[KeyConf] = []
     timeouts: Timeouts = Timeouts()
     retries: RetriesConf = RetriesConf()
+    resilience: ResilienceConf = ResilienceConf()
+    telemetry: TelemetryConf = TelemetryConf()

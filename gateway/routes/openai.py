@@ -19,9 +19,11 @@ from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
 from gateway.errors import ClientDisconnected
 from gateway.ingress import check_caps, decode_inbound, read_body
+from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
 from gateway.telemetry import server_span
+from policies.health import Outcome
 from policies.router import Plan, plan, routes_for_key
 from providers.base import Call, Inbound, Provider
 from providers.capabilities import required_by_chat
@@ -80,14 +82,19 @@ async def _prepare(
     check_caps(inbound.typed, server)
     route = inbound.typed.model
     authorize_route(principal, route, runtime)
-    the_plan: Plan = plan(runtime.policy, route, state.signals, needs(inbound.typed))
+    the_plan: Plan = plan(runtime.policy, route, state.signals, needs(inbound.typed), state.health, time.time())
     deadline = time.monotonic() + runtime.policy.timeouts.total_s
     return Prepared(
         state=state,
         principal=principal,
         inbound=inbound,
         dispatch=Dispatch(
-            request_id=request_id_of(request), operation=operation, deadline=deadline, runtime=runtime, plan=the_plan
+            request_id=request_id_of(request),
+            operation=operation,
+            deadline=deadline,
+            runtime=runtime,
+            plan=the_plan,
+            observers=state.observers,
         ),
     )
 
@@ -223,18 +230,23 @@ async def _stream(
         answer = await _until_disconnect(request, dispatch(prep.dispatch, attempt))
         span.set_attribute("escalade.deployment", answer.candidate.name)
         span.set_attribute("escalade.stream.committed", True)
-    body = _sse_body(answer.result, prep, want_usage=prep.inbound.typed.wants_usage_chunk)
+    body = _sse_body(answer.result, prep, answer.candidate.name, want_usage=prep.inbound.typed.wants_usage_chunk)
     return Stream(content=body, media_type=SSE, headers={**_headers(prep, answer), "x-accel-buffering": "no"})
 
 
-async def _sse_body(committed: Committed[Any], prep: Prepared, *, want_usage: bool) -> AsyncIterator[bytes]:
+async def _sse_body(
+    committed: Committed[Any], prep: Prepared, deployment: str, *, want_usage: bool
+) -> AsyncIterator[bytes]:
     """Chunks out as SSE. After the commit point an upstream failure is ONE in-band error event and the
     stream closes without [DONE]: a cut answer never looks complete."""
     timeouts = prep.dispatch.runtime.policy.timeouts
     deadline = prep.dispatch.deadline
     rest = committed.rest
+    usage: Any = None
+    failure: GatewayError | None = None
     try:
         for chunk in committed.held:
+            usage = chunk.usage if isinstance(chunk.usage, Usage) else usage
             out = _client_chunk(chunk, want_usage)
             if out is not None:
                 yield out
@@ -251,19 +263,40 @@ async def _sse_body(committed: Committed[Any], prep: Prepared, *, want_usage: bo
                     raise UpstreamTimeout(f"upstream stream stopped: {which} reached") from None
                 if chunk is None:
                     break
+                usage = chunk.usage if isinstance(chunk.usage, Usage) else usage
                 out = _client_chunk(chunk, want_usage)
                 if out is not None:
                     yield out
         yield DONE
     except GatewayError as error:
+        failure = error
         yield error_frame(error)
     except Exception:  # a bug must still end the stream as cut, never as complete
         log.exception("stream relay failed (request %s)", prep.dispatch.request_id)
-        yield error_frame(GatewayError(f"internal error (request id {prep.dispatch.request_id})"))
+        failure = GatewayError(f"internal error (request id {prep.dispatch.request_id})")
+        yield error_frame(failure)
     finally:
         aclose = getattr(rest, "aclose", None)
         if aclose is not None:
             await aclose()
+        if prep.dispatch.observers:
+            notify(prep.dispatch.observers, _stream_end(prep, deployment, committed.started, usage, failure))
+
+
+def _stream_end(prep: Prepared, deployment: str, started: float, usage: Any, failure: GatewayError | None) -> Outcome:
+    """A committed stream's end: its total time and tokens, or that it was cut (and why)."""
+    return Outcome(
+        route=prep.dispatch.plan.route,
+        deployment=deployment,
+        ok=failure is None,
+        phase="end",
+        error_kind=failure.kind if failure else None,
+        status=failure.status if failure else None,
+        total_s=time.monotonic() - started if started else None,
+        input_tokens=usage.prompt_tokens if usage else None,
+        output_tokens=usage.completion_tokens if usage else None,
+        at=time.time(),
+    )
 
 
 def _client_chunk(chunk: Any, want_usage: bool) -> bytes | None:
