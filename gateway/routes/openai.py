@@ -23,6 +23,7 @@ from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
 from gateway.telemetry import server_span
+from policies.cost import usage_cost
 from policies.health import Outcome
 from policies.router import Plan, plan, routes_for_key
 from providers.base import Call, Inbound, Provider
@@ -121,13 +122,6 @@ def _headers(prep: Prepared, answer: Answer[Any], cost: float | None = None) -> 
     return headers
 
 
-def _cost(answer: Answer[Any], usage: Any) -> float | None:
-    if not usage:
-        return None
-    price = answer.candidate.model.price
-    return (usage.prompt_tokens * price.input_per_mtok + usage.completion_tokens * price.output_per_mtok) / 1e6
-
-
 async def _until_disconnect(request: Request[Any, Any, Any], work: Coroutine[Any, Any, T]) -> T:
     """Run `work`, cancelling it (and so the upstream call) if the client disconnects first."""
     task = asyncio.ensure_future(work)
@@ -187,7 +181,7 @@ async def _unary(
         work = dispatch(prep.dispatch, lambda provider, call: call_provider(provider, prep.inbound, call))
         answer = await _until_disconnect(request, work)
         span.set_attribute("escalade.deployment", answer.candidate.name)
-        cost = _cost(answer, answer.result.usage) if priced else None
+        cost = usage_cost(answer.candidate.model.price, answer.result.usage) if priced else None
         return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
 
 
