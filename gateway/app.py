@@ -1,9 +1,12 @@
 """Litestar app factories: the client listener (OpenAI API) and the admin listener."""
 
+from functools import partial
+
 from litestar import Litestar
 from litestar.datastructures import State
 
 from gateway.errors import HANDLERS
+from gateway.instrument import Instrumented
 from gateway.routes import admin, health, openai
 from gateway.state import GatewayState
 
@@ -17,6 +20,7 @@ def create_app(state: GatewayState) -> Litestar:
         openapi_config=None,
         request_max_body_size=None,  # ingress enforces the policy's own limit, with an OpenAI-shaped 413
         logging_config=None,
+        middleware=[partial(Instrumented, state=state)],  # request record, SERVER span, metrics, log line
     )
 
 

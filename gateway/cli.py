@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT for the API (overrides server.listen)")
     serve.add_argument("--admin-listen", help="HOST:PORT for the admin API (overrides server.admin_listen)")
     serve.add_argument(
-        "--log-level", default=os.environ.get("ESCALADE_LOG_LEVEL", "info"), help="debug, info, warning (default info)"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="overrides the policy's telemetry.log_level and ESCALADE_LOG_LEVEL (default: info)",
     )
     check = sub.add_parser(
         "check",
@@ -188,10 +190,10 @@ def summary(policy: Policy, source: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway import logs
     from gateway.server import serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per upstream request otherwise
+    logs.configure(cli_level=args.log_level)  # the policy's telemetry section refines it once it is read
     try:
         import uvloop
 

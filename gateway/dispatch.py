@@ -9,16 +9,14 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, stop_never
 
+from gateway.instrument import RequestRecord, attempt_span, note_retry
 from gateway.observe import Observer, notify
 from gateway.runtime import Runtime
-from gateway.telemetry import tracer, tracing_active
 from policies.health import Outcome
 from policies.retry import Step, next_step
 from policies.router import Candidate, Plan
@@ -48,6 +46,8 @@ class Committed(Generic[C]):
     ended: bool
     started: float = 0.0
     """time.monotonic() when the attempt that produced this stream began."""
+    span: Any = None
+    """The attempt's CLIENT span, open until the stream ends (None while tracing is off)."""
 
 
 @dataclass(slots=True)
@@ -62,6 +62,8 @@ class Request:
     plan: Plan
     observers: Sequence[Observer] = ()
     """Told the Outcome of every upstream attempt (the state store, metrics)."""
+    record: RequestRecord | None = None
+    """The request's telemetry record (gateway/instrument.py): spans, metrics, the log line."""
 
 
 async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
@@ -90,10 +92,11 @@ async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
 
 
 class _Counter:
-    __slots__ = ("n",)
+    __slots__ = ("n", "retry_reason")
 
     def __init__(self) -> None:
         self.n = 0
+        self.retry_reason: str | None = None
 
 
 async def _with_retries(
@@ -113,6 +116,9 @@ async def _with_retries(
             rand=random.random(),  # noqa: S311 - jitter, not cryptography
         )
         error.escalade_step = step.action  # type: ignore[attr-defined]
+        if step.action == "retry":
+            counter.retry_reason = step.reason
+            note_retry(req, candidate, step, attempt_number)
         return step
 
     def decide(state: RetryCallState) -> bool:
@@ -138,15 +144,14 @@ async def _with_retries(
             has_fallback=not is_last,
         )
         started = time.monotonic()
-        with attempt_span(req, candidate, counter.n) as span:
+        with attempt_span(req, candidate, counter.n, call.headers, counter.retry_reason) as traced:
             try:
                 result = await attempt(provider, call)
             except GatewayError as error:
-                span.set_attribute("error.type", error.kind)
-                span.set_status(Status(StatusCode.ERROR, error.message))
                 if req.observers:
                     notify(req.observers, failed_outcome(req.plan.route, candidate.name, error, started))
                 raise
+            traced.answered(result)
         if req.observers:
             notify(req.observers, success_outcome(req.plan.route, candidate.name, result, started))
         return result
@@ -193,27 +198,6 @@ def success_outcome(route: str, deployment: str, result: Any, started: float) ->
         input_tokens=getattr(usage, "prompt_tokens", None) if usage else None,
         output_tokens=getattr(usage, "completion_tokens", None) if usage else None,
         at=time.time(),
-    )
-
-
-def attempt_span(req: Request, candidate: Candidate, number: int) -> AbstractContextManager[Any]:
-    """The CLIENT span of one upstream attempt (a no-op, and no span object, while tracing is off)."""
-    if not tracing_active():
-        return nullcontext(INVALID_SPAN)
-    return tracer.start_as_current_span(
-        f"{req.operation} {candidate.model.model}",
-        kind=SpanKind.CLIENT,
-        record_exception=False,
-        set_status_on_exception=False,
-        attributes={
-            "gen_ai.operation.name": req.operation,
-            "gen_ai.provider.name": candidate.model.provider,
-            "gen_ai.request.model": candidate.model.model,
-            "escalade.route": req.plan.route,
-            "escalade.deployment": candidate.name,
-            "escalade.attempt": number,
-            "escalade.policy.version": req.runtime.version,
-        },
     )
 
 

@@ -6,6 +6,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
+from gateway.instrument import note_error
 from providers.errors import GatewayError, PayloadTooLarge
 from providers.schema.codec import encode
 from providers.schema.errors import ErrorBody, ErrorDetail
@@ -30,6 +31,7 @@ def _response(
 
 
 def gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+    note_error(request.scope, exc.kind)
     if exc.status >= 500:
         log.warning("request failed: %s %s", exc.kind, exc.message)
     return _response(request, exc.status, exc.to_body(), exc.headers())
@@ -49,6 +51,7 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """A bug. The client gets a generic 500 with the request id; the log gets the traceback."""
     log.error("unhandled error", exc_info=exc)
+    note_error(request.scope, "InternalError")
     rid = request.scope.get("escalade_request_id", "")
     body = ErrorBody(
         error=ErrorDetail(message=f"internal error (request id {rid})", type="server_error", param=None, code=None)
@@ -59,6 +62,7 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
 def client_gone(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """The client disconnected before its answer: the upstream call was cancelled; nothing to send."""
     log.debug("client disconnected (request %s)", request.scope.get("escalade_request_id", ""))
+    note_error(request.scope, "ClientDisconnected")
     return Response(content=b"", status_code=499)
 
 

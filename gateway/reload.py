@@ -11,6 +11,7 @@ import logging
 import time
 from pathlib import Path
 
+from gateway import logs
 from gateway.runtime import build_runtime, policy_version, retire
 from gateway.state import GatewayState
 from policies.loader import PolicyError, parse_policy
@@ -46,6 +47,7 @@ async def reload_now(state: GatewayState, *, force: bool = False) -> bool:
     except (MissingSecret, ValueError) as exc:
         return _reject(state, f"{path}: {exc}")
     old = state.swap(runtime)
+    logs.reconfigure(runtime.policy.telemetry)
     log.info("policy %s loaded from %s (was %s)", runtime.version, path, old.version)
     task = asyncio.create_task(retire(old, runtime, grace_s=old.policy.timeouts.total_s))
     _background.add(task)

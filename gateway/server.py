@@ -15,7 +15,9 @@ from pathlib import Path
 
 import uvicorn
 
+from gateway import logs
 from gateway.app import create_admin_app, create_app
+from gateway.metrics import GatewayMetrics
 from gateway.reload import PolicyWatcher
 from gateway.runtime import build_runtime, retire
 from gateway.state import GatewayState, ReloadStatus
@@ -112,6 +114,8 @@ class Gateway:
         server_conf = parse_policy(text, str(policy_path)).server
         self.host, port = parse_listen(listen or server_conf.listen)
         self.state = load_state(policy_path, self.host)
+        self.state.metrics = GatewayMetrics(self.state)
+        self.state.observers.append(self.state.metrics.observe)
         if not self.state.runtime.keys and not self.state.loopback:
             log.warning("no API keys in the policy and %s is not loopback: every request will get 401", self.host)
         self._servers = [_Server(_uvicorn_config(create_app(self.state), self.host, port))]
@@ -187,6 +191,7 @@ def _bound_port(server: uvicorn.Server) -> int:
 async def serve(policy_path: Path, *, listen: str | None = None, admin_listen: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT. Raises PolicyError/MissingSecret/ValueError when it cannot start."""
     gateway = Gateway(policy_path, listen=listen, admin_listen=admin_listen)
+    logs.configure(gateway.state.runtime.policy.telemetry)
     task = asyncio.create_task(gateway.run())
     while not gateway.started and not task.done():
         await asyncio.sleep(0.02)

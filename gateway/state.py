@@ -3,6 +3,7 @@
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.observe import Observer
 from gateway.runtime import Runtime
@@ -10,6 +11,9 @@ from local_engine.fleet import Engines
 from local_engine.supervisor import EngineStatus
 from policies.health import Health
 from policies.signals import EngineSignals, Signals
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
 
 
 @dataclass(slots=True)
@@ -43,6 +47,8 @@ class GatewayState:
     """Deployment -> live health (circuit, cooldown, latency) for routing; replaced whole by its keeper."""
     observers: list[Observer] = field(default_factory=list)
     """Told the Outcome of every upstream attempt and of every committed stream's end."""
+    metrics: "GatewayMetrics | None" = None
+    """The gateway's metrics (/metrics on the admin listener); set by the Gateway, None in bare tests."""
 
     def engine_changed(self, status: EngineStatus) -> None:
         """Supervisor callback: publish the engine's new state to routing."""

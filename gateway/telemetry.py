@@ -1,17 +1,44 @@
-"""OpenTelemetry: the only module that touches the SDK. Off unless the standard OTEL_* variables ask.
+"""OpenTelemetry tracing: the only module that touches the trace SDK. Off unless the standard OTEL_* variables ask.
 
-With no exporter configured the API's no-op tracer is used, so spans cost next to nothing.
+While tracing is off no span object is ever created: the helpers here return None (or a shared no-op)
+and callers skip their span work, because even the API's no-op spans cost measurably per request.
+
+Spans of one request:
+- SERVER `POST /v1/chat/completions`: the whole request, continuing an incoming W3C `traceparent`;
+- INTERNAL `route <name>`: the routing decision (strategy, candidates, and why each skipped one was);
+- CLIENT `<operation> <model>` per upstream attempt, per the OpenTelemetry GenAI conventions; a
+  stream's attempt lasts until the stream ends.
+Backoff sleeps and circuit changes are span events. Prompt and completion text are recorded only
+when the route says `record_content: true`.
 """
 
+import functools
 import os
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
-from opentelemetry import trace
+from opentelemetry import context, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from providers.errors import scrub
 
 tracer = trace.get_tracer("escalade")
 
 _configured = False
+_W3C = TraceContextTextMapPropagator()
+_ERROR = StatusCode.ERROR
+
+PROVIDER_NAMES = {
+    "openai": "openai",
+    "azure_openai": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+    "mistral": "mistral_ai",
+    "vllm": "vllm",
+}
+"""Policy provider type -> `gen_ai.provider.name` (the GenAI conventions' well-known values; vLLM has none)."""
 
 
 def tracing_active() -> bool:
@@ -31,7 +58,11 @@ def tracing_requested(env: dict[str, str] | None = None) -> bool:
 
 
 def setup_tracing() -> bool:
-    """Install the SDK tracer provider with a batch exporter when OTEL_* variables ask for one."""
+    """Install the SDK tracer provider with a batch exporter when OTEL_* variables ask for one.
+
+    The sampler is the SDK's (OTEL_TRACES_SAMPLER, default parent-based always-on); the exporter is
+    OTLP/HTTP protobuf (OTEL_EXPORTER_OTLP_* endpoint, headers, timeout, compression) or `console`.
+    """
     global _configured
     if _configured or not tracing_requested():
         return _configured
@@ -46,17 +77,183 @@ def setup_tracing() -> bool:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "escalade")})
-    )
+    service = os.environ.get("OTEL_SERVICE_NAME", "escalade")
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _configured = True
     return True
 
 
-def server_span(name: str, **attributes: Any) -> AbstractContextManager[trace.Span]:
-    """The SERVER span of one request; a shared no-op span while tracing is off."""
+@functools.cache
+def _tracer(provider: object) -> trace.Tracer:
+    """The SDK tracer itself (not the API's proxy, which adds a call per span)."""
+    return trace.get_tracer("escalade", tracer_provider=provider)  # type: ignore[arg-type]
+
+
+def _sdk_tracer() -> trace.Tracer:
+    return _tracer(trace.get_tracer_provider())
+
+
+# ---------------------------------------------------------------- request (SERVER) span
+
+
+def start_server_span(method: str, path: str, headers: Iterable[tuple[bytes, bytes]]) -> tuple[Span, object]:
+    """Start the request's SERVER span as a child of the caller's `traceparent`, and make it current.
+
+    Returns the span and the context token to hand to `end_server_span`.
+    """
+    carrier = {}
+    for name, value in headers:
+        if name == b"traceparent" or name == b"tracestate":
+            carrier[name.decode("latin-1")] = value.decode("latin-1")
+    parent = _W3C.extract(carrier) if carrier else None
+    span = _sdk_tracer().start_span(
+        f"{method} {path}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": method, "http.route": path, "url.path": path},
+    )
+    token = context.attach(trace.set_span_in_context(span, parent))
+    return span, token
+
+
+def end_server_span(span: Span, token: object, status: int, attributes: dict[str, Any]) -> None:
+    attributes["http.response.status_code"] = status
+    span.set_attributes(attributes)
+    if status >= 500:
+        span.set_status(Status(_ERROR))
+    span.end()
+    context.detach(token)  # type: ignore[arg-type]
+
+
+def trace_id_of(span: Span | None, headers: Iterable[tuple[bytes, bytes]] = ()) -> str | None:
+    """The request's trace id (hex): its span's, else the caller's `traceparent` one (tracing off)."""
+    if span is not None:
+        return f"{span.get_span_context().trace_id:032x}"
+    for name, value in headers:
+        if name == b"traceparent":
+            parts = value.split(b"-")
+            if len(parts) >= 4 and len(parts[1]) == 32:
+                return parts[1].decode("latin-1").lower()
+    return None
+
+
+# ---------------------------------------------------------------- routing decision
+
+
+def routing_span(
+    route: str,
+    strategy: str | None,
+    candidates: Sequence[str],
+    skipped: Sequence[tuple[str, str]],
+    version: str,
+    start_ns: int,
+    error: Exception | None = None,
+) -> None:
+    """An INTERNAL span for the routing decision: what was tried in which order, and why each skipped
+    deployment was skipped."""
+    attributes: dict[str, Any] = {
+        "escalade.route": route,
+        "escalade.candidates": list(candidates),
+        "escalade.policy.version": version,
+    }
+    if strategy:
+        attributes["escalade.strategy"] = strategy
+    if skipped:
+        attributes["escalade.skipped"] = [f"{name}: {why}" for name, why in skipped]
+    span = _sdk_tracer().start_span(f"route {route}", attributes=attributes, start_time=start_ns)
+    if error is not None:
+        span.set_attribute("error.type", getattr(error, "kind", type(error).__name__))
+        span.set_status(Status(_ERROR, _describe(error)))
+    span.end()
+
+
+# ---------------------------------------------------------------- attempts (CLIENT spans)
+
+
+def start_attempt_span(
+    operation: str,
+    upstream_model: str,
+    attributes: dict[str, Any],
+    headers: dict[str, str] | None,
+) -> tuple[Span, object]:
+    """Start one attempt's CLIENT span and make it current; inject `traceparent` into `headers` if given."""
+    span = _sdk_tracer().start_span(
+        f"{operation} {upstream_model}",
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    ctx = trace.set_span_in_context(span)
+    if headers is not None:
+        _W3C.inject(headers, context=ctx)
+    return span, context.attach(ctx)
+
+
+def leave(token: object) -> None:
+    """Stop making a span current (the span itself may live on, e.g. a stream's attempt)."""
+    context.detach(token)  # type: ignore[arg-type]
+
+
+def fail_span(span: Span, error: BaseException) -> None:
+    """Mark a span failed with a GatewayError (error.type = its kind) or a cancellation, and end it."""
+    kind = getattr(error, "kind", None) or ("cancelled" if _is_cancel(error) else type(error).__name__)
+    span.set_attribute("error.type", kind)
+    span.set_status(Status(_ERROR, _describe(error)))
+    span.end()
+
+
+def _is_cancel(error: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(error, (asyncio.CancelledError, GeneratorExit))
+
+
+def _describe(error: BaseException) -> str:
+    """A short, scrubbed description for a span status (never a key; messages are the client's anyway)."""
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    return scrub(message)[:300]
+
+
+@functools.lru_cache(maxsize=256)
+def server_of(base_url: str | None) -> tuple[str, int] | None:
+    """`server.address` / `server.port` of a provider's base URL."""
+    if not base_url:
+        return None
+    parts = urlsplit(base_url)
+    if not parts.hostname:
+        return None
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def add_event(name: str, attributes: dict[str, Any]) -> None:
+    """An event on the current span (no-op when tracing is off or nothing is recording)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(name, attributes)
+
+
+def annotate(**attributes: Any) -> None:
+    """Set attributes on the current span, e.g. `annotate(**{"escalade.gate.score": 0.8})` (no-op when off).
+
+    Keys with dots are passed with `**{...}`; values must be str, bool, int, float or lists of one of them.
+    """
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(attributes)
+
+
+def circuit_event(deployment: str, old: str, new: str, why: str | None = None) -> None:
+    """Record a circuit breaker change (closed / half_open / open) as an event on the current span.
+
+    Call it where the breaker changes state; inside a request it lands on that request's attempt or
+    request span, outside one (a background sync) it is dropped.
+    """
     if not tracing_active():
-        return nullcontext(trace.INVALID_SPAN)
-    return tracer.start_as_current_span(name, kind=trace.SpanKind.SERVER, attributes=attributes)
+        return
+    attributes = {"escalade.deployment": deployment, "escalade.circuit.from": old, "escalade.circuit.to": new}
+    if why:
+        attributes["escalade.circuit.why"] = scrub(why)[:300]
+    add_event("escalade.circuit", attributes)

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 
+from gateway.metrics import CONTENT_TYPE
 from gateway.reload import reload_now
 from gateway.state import GatewayState
 from providers.errors import Unauthorized
@@ -48,6 +49,15 @@ async def policy_status(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(content=encode(_status_body(_state(request))), media_type="application/json")
 
 
+@get("/metrics")
+async def metrics(request: Request[Any, Any, Any]) -> Response[str]:
+    """Prometheus text format: request, token, cost, attempt, retry, circuit and engine metrics."""
+    _check_admin(request)
+    gateway_metrics = _state(request).metrics
+    text = gateway_metrics.render() if gateway_metrics is not None else ""
+    return Response(content=text, media_type=CONTENT_TYPE)
+
+
 @post("/admin/policy/reload", status_code=200)
 async def policy_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Re-read the policy file now (the watcher does this by itself when the file changes)."""
@@ -58,4 +68,4 @@ async def policy_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(content=encode(body), media_type="application/json", status_code=200 if loaded else 422)
 
 
-ROUTES = [policy_status, policy_reload]
+ROUTES = [policy_status, policy_reload, metrics]

@@ -3,8 +3,6 @@
 import asyncio
 import contextlib
 import logging
-import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -14,6 +12,7 @@ from litestar import Request, Response, get, post
 from litestar.response import Stream
 from msgspec import UNSET
 
+from gateway import instrument
 from gateway.auth import Principal, authenticate, authorize_route
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
@@ -22,10 +21,9 @@ from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
-from gateway.telemetry import server_span
 from policies.cost import usage_cost
 from policies.health import Outcome
-from policies.router import Plan, plan, routes_for_key
+from policies.router import Candidate, Plan, plan, routes_for_key
 from providers.base import Call, Inbound, Provider
 from providers.capabilities import required_by_chat
 from providers.errors import GatewayError, UpstreamTimeout
@@ -43,7 +41,6 @@ Needs = Callable[[Any], frozenset[str]]
 _COMPLETIONS = frozenset({"completions"})
 _EMBEDDINGS = frozenset({"embeddings"})
 log = logging.getLogger("escalade.stream")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 JSON = "application/json"
 SSE = "text/event-stream"
 
@@ -62,12 +59,7 @@ def gateway_state(request: Request[Any, Any, Any]) -> GatewayState:
 
 def request_id_of(request: Request[Any, Any, Any]) -> str:
     """The client's x-request-id when it is sane, else a new one; remembered on the request."""
-    rid = request.scope.get("escalade_request_id")
-    if rid is None:
-        given = request.headers.get("x-request-id")
-        rid = given if given and _REQUEST_ID.fullmatch(given) else secrets.token_hex(12)
-        request.scope["escalade_request_id"] = rid  # type: ignore[typeddict-unknown-key]
-    return rid  # type: ignore[no-any-return]
+    return instrument.request_id(request.scope)
 
 
 async def _prepare(
@@ -82,8 +74,15 @@ async def _prepare(
     inbound = decode_inbound(body, decode)
     check_caps(inbound.typed, server)
     route = inbound.typed.model
+    record = instrument.record_of(request.scope)
+    instrument.note_route(record, route, runtime.policy, inbound)
     authorize_route(principal, route, runtime)
-    the_plan: Plan = plan(runtime.policy, route, state.signals, needs(inbound.typed), state.health, time.time())
+    the_plan: Plan = instrument.planned(
+        record,
+        route,
+        runtime.version,
+        lambda: plan(runtime.policy, route, state.signals, needs(inbound.typed), state.health, time.time()),
+    )
     deadline = time.monotonic() + runtime.policy.timeouts.total_s
     return Prepared(
         state=state,
@@ -96,16 +95,9 @@ async def _prepare(
             runtime=runtime,
             plan=the_plan,
             observers=state.observers,
+            record=record,
         ),
     )
-
-
-def _plan_attributes(the_plan: Plan) -> dict[str, Any]:
-    """The routing decision on the request span: route, strategy, and each skipped deployment and why."""
-    attributes: dict[str, Any] = {"escalade.route": the_plan.route, "escalade.strategy": the_plan.strategy}
-    if the_plan.skipped:
-        attributes["escalade.skipped"] = [f"{name}: {why}" for name, why in the_plan.skipped]
-    return attributes
 
 
 def _headers(prep: Prepared, answer: Answer[Any], cost: float | None = None) -> dict[str, str]:
@@ -176,13 +168,12 @@ async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
 async def _unary(
     request: Request[Any, Any, Any], prep: Prepared, call_provider: ProviderCall, *, priced: bool = True
 ) -> Response[bytes]:
-    route = prep.dispatch.plan.route
-    with server_span(f"{prep.dispatch.operation} {route}", **_plan_attributes(prep.dispatch.plan)) as span:
-        work = dispatch(prep.dispatch, lambda provider, call: call_provider(provider, prep.inbound, call))
-        answer = await _until_disconnect(request, work)
-        span.set_attribute("escalade.deployment", answer.candidate.name)
-        cost = usage_cost(answer.candidate.model.price, answer.result.usage) if priced else None
-        return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
+    work = dispatch(prep.dispatch, lambda provider, call: call_provider(provider, prep.inbound, call))
+    answer = await _until_disconnect(request, work)
+    usage = answer.result.usage
+    cost = usage_cost(answer.candidate.model.price, usage) if priced else None
+    instrument.answered(prep.dispatch.record, answer.candidate.name, answer.attempts, usage, cost)
+    return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
 
 
 @get("/v1/models")
@@ -219,17 +210,14 @@ async def _stream(
     async def attempt(provider: Provider, call: Call) -> Committed[Any]:
         return await open_stream(open_provider_stream(provider, prep.inbound, call), call, provider.name)
 
-    route = prep.dispatch.plan.route
-    with server_span(f"{prep.dispatch.operation} {route}", **_plan_attributes(prep.dispatch.plan)) as span:
-        answer = await _until_disconnect(request, dispatch(prep.dispatch, attempt))
-        span.set_attribute("escalade.deployment", answer.candidate.name)
-        span.set_attribute("escalade.stream.committed", True)
-    body = _sse_body(answer.result, prep, answer.candidate.name, want_usage=prep.inbound.typed.wants_usage_chunk)
+    answer = await _until_disconnect(request, dispatch(prep.dispatch, attempt))
+    instrument.committed(prep.dispatch.record, answer.candidate.name, answer.attempts)
+    body = _sse_body(answer.result, prep, answer.candidate, want_usage=prep.inbound.typed.wants_usage_chunk)
     return Stream(content=body, media_type=SSE, headers={**_headers(prep, answer), "x-accel-buffering": "no"})
 
 
 async def _sse_body(
-    committed: Committed[Any], prep: Prepared, deployment: str, *, want_usage: bool
+    committed: Committed[Any], prep: Prepared, candidate: Candidate, *, want_usage: bool
 ) -> AsyncIterator[bytes]:
     """Chunks out as SSE. After the commit point an upstream failure is ONE in-band error event and the
     stream closes without [DONE]: a cut answer never looks complete."""
@@ -238,8 +226,11 @@ async def _sse_body(
     rest = committed.rest
     usage: Any = None
     failure: GatewayError | None = None
+    completed = False
+    watch = instrument.stream_watch(prep.dispatch.record, committed)
     try:
         for chunk in committed.held:
+            watch.see(chunk)
             usage = chunk.usage if isinstance(chunk.usage, Usage) else usage
             out = _client_chunk(chunk, want_usage)
             if out is not None:
@@ -257,10 +248,12 @@ async def _sse_body(
                     raise UpstreamTimeout(f"upstream stream stopped: {which} reached") from None
                 if chunk is None:
                     break
+                watch.see(chunk)
                 usage = chunk.usage if isinstance(chunk.usage, Usage) else usage
                 out = _client_chunk(chunk, want_usage)
                 if out is not None:
                     yield out
+        completed = True
         yield DONE
     except GatewayError as error:
         failure = error
@@ -274,7 +267,10 @@ async def _sse_body(
         if aclose is not None:
             await aclose()
         if prep.dispatch.observers:
-            notify(prep.dispatch.observers, _stream_end(prep, deployment, committed.started, usage, failure))
+            notify(prep.dispatch.observers, _stream_end(prep, candidate.name, committed.started, usage, failure))
+        instrument.stream_ended(
+            prep.dispatch.record, committed, candidate.model.price, usage, failure, completed, watch
+        )
 
 
 def _stream_end(prep: Prepared, deployment: str, started: float, usage: Any, failure: GatewayError | None) -> Outcome:
