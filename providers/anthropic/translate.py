@@ -95,6 +95,8 @@ class Translated(NamedTuple):
 # ================================================================ request
 
 
+
+
 def to_anthropic_request(
     req: ChatRequest,
     *,
