@@ -74,9 +74,9 @@ def setup_tracing() -> bool:
     if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console":
         exporter = ConsoleSpanExporter()
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from gateway.otlp import FastOTLPSpanExporter
 
-        exporter = OTLPSpanExporter()
+        exporter = FastOTLPSpanExporter()
     service = os.environ.get("OTEL_SERVICE_NAME", "escalade")
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
