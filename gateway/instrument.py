@@ -269,16 +269,12 @@ class AttemptScope:
             first = held[0] if held else None
             if first is not None and first.model:
                 attributes["gen_ai.response.model"] = first.model
-            if first is not None and first.id:
-                attributes["gen_ai.response.id"] = first.id
             attributes["escalade.stream.committed"] = True
             span.set_attributes(attributes)
             result.span = span
             return
         if getattr(result, "model", None):
             attributes["gen_ai.response.model"] = result.model
-        if getattr(result, "id", None):
-            attributes["gen_ai.response.id"] = result.id
         _usage_attributes(attributes, getattr(result, "usage", None), self.req, self.deployment)
         choices = getattr(result, "choices", None)
         if choices:
@@ -336,7 +332,6 @@ def attempt_span(
         "gen_ai.provider.name": system,
         "gen_ai.system": system,
         "gen_ai.request.model": model.model,
-        "escalade.provider": model.provider,
         "escalade.route": req.plan.route,
         "escalade.deployment": candidate.name,
         "escalade.attempt": number,

@@ -17,14 +17,25 @@ from typing import Any
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
 
 log = logging.getLogger("escalade.otlp")
 
 _DOUBLE = struct.Struct("<d")
 _FIXED64 = struct.Struct("<Q")
 _FIXED32 = struct.Struct("<I")
+_TIMES = struct.Struct("<BQBQ")
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
+_FLAGS_LOCAL = b"\x85\x01" + _FIXED32.pack(_HAS_IS_REMOTE)  # Span.flags (16, fixed32)
+_FLAGS_REMOTE = b"\x85\x01" + _FIXED32.pack(_HAS_IS_REMOTE | _IS_REMOTE)
+_KINDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}  # Span.kind: OTLP counts from INTERNAL=1
+_STATUS_CODES = {  # Status.code (3) inside Span.status (15); UNSET is the empty Status
+    StatusCode.UNSET: b"",
+    StatusCode.OK: b"\x18\x01",
+    StatusCode.ERROR: b"\x18\x02",
+}
+_STATUSES = {body: b"\x7a" + bytes((len(body),)) + body for body in _STATUS_CODES.values()}  # Span.status, no message
 
 
 _SMALL = [bytes((n,)) for n in range(128)]
@@ -80,6 +91,14 @@ def key_value(key: str, value: Any) -> bytes:
     return _str_field(1, key) + _bytes_field(2, any_value(value))
 
 
+def _own_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:
+    """The span's attributes as a plain dict when the SDK keeps one (its public view is a proxy over a
+    mapping that iterates in Python, key by key)."""
+    bounded = getattr(span, "_attributes", None)
+    inner = getattr(bounded, "_dict", None)
+    return inner if isinstance(inner, dict) else span.attributes
+
+
 class SpanEncoder:
     """ReadableSpans -> ExportTraceServiceRequest bytes. Not thread-safe: one per exporter (the batch
     processor exports from one thread)."""
@@ -87,6 +106,7 @@ class SpanEncoder:
     def __init__(self, cache_size: int = 4096) -> None:
         self._cache: dict[tuple[int, str, type, Any], bytes] = {}
         self._keys: dict[str, bytes] = {}
+        self._names: dict[str, bytes] = {}
         self._cache_size = cache_size
 
     def attributes(self, field: int, attributes: Mapping[str, Any] | None) -> bytes:
@@ -97,8 +117,7 @@ class SpanEncoder:
         cache = self._cache
         prefix = _key(field, 2)
         out = []
-        items = getattr(attributes, "_dict", attributes).items()  # BoundedAttributes' own dict iterates in C
-        for key, value in items:
+        for key, value in attributes.items():
             kind = type(value)
             if kind is str or kind is bool:
                 entry = (field, key, kind, value)
@@ -134,36 +153,38 @@ class SpanEncoder:
         ctx = span.get_span_context()
         parent = span.parent
         parts = [
-            b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),  # 1: trace_id
-            b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),  # 2: span_id
+            b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big") + b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),  # 1, 2
         ]
         if ctx.trace_state:
             parts.append(_str_field(3, ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())))
         if parent is not None:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))  # 4: parent_span_id
-        parts.append(_str_field(5, span.name))
-        parts.append(_key(6, 0) + _varint(span.kind.value + 1))  # SDK kinds start at INTERNAL=0, OTLP at 1
-        parts.append(b"\x39" + _FIXED64.pack(span.start_time or 0))  # 7: start_time_unix_nano
-        parts.append(b"\x41" + _FIXED64.pack(span.end_time or 0))  # 8: end_time_unix_nano
-        parts.append(self.attributes(9, span.attributes))
+        name = self._names.get(span.name)
+        if name is None:
+            name = _str_field(5, span.name)
+            if len(self._names) < self._cache_size:
+                self._names[span.name] = name
+        parts.append(name)
+        parts.append(_KINDS[span.kind])  # 6: kind
+        parts.append(_TIMES.pack(0x39, span.start_time or 0, 0x41, span.end_time or 0))  # 7, 8: start, end
+        parts.append(self.attributes(9, _own_attributes(span)))
         if span.dropped_attributes:
             parts.append(_key(10, 0) + _varint(span.dropped_attributes))
-        for event in span.events:
+        events = span.events
+        for event in events:
             parts.append(_bytes_field(11, self.event(event)))
-        if span.dropped_events:
+        if events and span.dropped_events:
             parts.append(_key(12, 0) + _varint(span.dropped_events))
-        for link in span.links:
+        links = span.links
+        for link in links:
             parts.append(_bytes_field(13, self.link(link)))
-        if span.dropped_links:
+        if links and span.dropped_links:
             parts.append(_key(14, 0) + _varint(span.dropped_links))
         status = span.status
         if status is not None:
-            body = _str_field(2, status.description) if status.description else b""
-            if status.status_code.value:
-                body += _key(3, 0) + _varint(status.status_code.value)
-            parts.append(_bytes_field(15, body))
-        flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
-        parts.append(b"\x85\x01" + _FIXED32.pack(flags))  # 16: flags (fixed32)
+            code = _STATUS_CODES[status.status_code]
+            parts.append(_STATUSES[code] if not status.description else _bytes_field(15, _str_field(2, status.description) + code))
+        parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)  # 16: flags
         return b"".join(parts)
 
     def event(self, event: Any) -> bytes:

@@ -112,7 +112,7 @@ def start_server_span(method: str, path: str, headers: Iterable[tuple[bytes, byt
         f"{method} {path}",
         context=parent,
         kind=SpanKind.SERVER,
-        attributes={"http.request.method": method, "http.route": path, "url.path": path},
+        attributes={"http.request.method": method, "http.route": path},
     )
     token = context.attach(trace.set_span_in_context(span, parent))
     return span, token
