@@ -183,7 +183,10 @@ class SpanEncoder:
         status = span.status
         if status is not None:
             code = _STATUS_CODES[status.status_code]
-            parts.append(_STATUSES[code] if not status.description else _bytes_field(15, _str_field(2, status.description) + code))
+            if status.description:
+                parts.append(_bytes_field(15, _str_field(2, status.description) + code))
+            else:
+                parts.append(_STATUSES[code])
         parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)  # 16: flags
         return b"".join(parts)
 
