@@ -85,6 +85,11 @@ def configure(conf: TelemetryConf | None = None, *, cli_level: str | None = None
         root.addHandler(_Config.handler)
     _Config.handler.setFormatter(JsonFormatter() if conf.log_format == "json" else TextFormatter())
     root.setLevel(level)
+    # The logging HOWTO's optimisations for a server: no caller lookup, thread or process names per record.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))  # one INFO line per upstream call otherwise
 
 
