@@ -52,6 +52,9 @@ class RequestRecord:
     """time.perf_counter() when the request arrived."""
     span: "Span | None" = None
     """The SERVER span (None while tracing is off)."""
+    traced: bool = False
+    """The SERVER span is sampled: only then are the routing and attempt spans made (same as the sampler's
+    parent-based decision, without building spans nobody records)."""
     route: str = UNKNOWN_ROUTE
     """A route of the policy, or `unknown`: never the client's raw string (metric label cardinality)."""
     deployment: str = NO_MODEL
@@ -107,6 +110,7 @@ class Instrumented:
         token = None
         if telemetry.tracing_active():
             rec.span, token = telemetry.start_server_span(scope["method"], scope["path"], scope["headers"])
+            rec.traced = rec.span.is_recording()
         status = 0
 
         async def watched(message: Any) -> None:
@@ -180,7 +184,7 @@ def note_route(rec: RequestRecord | None, route: str, policy: "Policy", inbound:
     if conf is None:
         return
     rec.route = route
-    if conf.record_content and rec.span is not None:
+    if conf.record_content and rec.traced:
         rec.prompt = _prompt_json(inbound.typed)
 
 
@@ -194,7 +198,7 @@ def _prompt_json(typed: Any) -> str:
 
 def planned(rec: RequestRecord | None, route: str, version: str, make_plan: Callable[[], "Plan"]) -> "Plan":
     """Run the routing decision; with tracing on, record it as a span (also when it refuses the request)."""
-    if rec is None or rec.span is None:
+    if rec is None or not rec.traced:
         return make_plan()
     start = time.time_ns()
     try:
@@ -320,10 +324,16 @@ def attempt_span(
 
     With the policy's `telemetry.propagate_trace_context`, the attempt's `traceparent` goes into `headers`.
     """
-    if not telemetry.tracing_active():
+    rec = req.record
+    runtime = req.runtime
+    propagate = runtime.policy.telemetry.propagate_trace_context
+    if rec is not None and not rec.traced:  # tracing off, or this request not sampled: no span to make
+        if propagate and rec.span is not None:
+            telemetry.inject(rec.span, headers)  # the upstream joins the trace, unsampled
+        return NO_ATTEMPT
+    if rec is None and not telemetry.tracing_active():
         return NO_ATTEMPT
     model = candidate.model
-    runtime = req.runtime
     conf = runtime.provider_confs.get(model.provider)
     kind = type(conf).__struct_config__.tag if conf is not None else None  # type: ignore[attr-defined]
     system = telemetry.PROVIDER_NAMES.get(kind or "", kind or model.provider)
@@ -344,10 +354,8 @@ def attempt_span(
         attributes["escalade.rung"] = candidate.rung
     if retry_reason:
         attributes["escalade.retry.reason"] = retry_reason
-    rec = req.record
     if rec is not None and rec.prompt is not None:
         attributes["gen_ai.input.messages"] = rec.prompt
-    propagate = runtime.policy.telemetry.propagate_trace_context
     span, token = telemetry.start_attempt_span(req.operation, model.model, attributes, headers if propagate else None)
     return AttemptScope(req, candidate.name, span, token)
 
@@ -359,7 +367,7 @@ def note_retry(req: "Dispatch", candidate: "Candidate", step: "Step", attempt: i
         return
     if rec.metrics is not None:
         rec.metrics.retried(req.plan.route, candidate.name, step.reason or "error")
-    if rec.span is not None:
+    if rec.traced:
         telemetry.add_event(
             "escalade.backoff",
             {

@@ -79,7 +79,11 @@ def setup_tracing() -> bool:
         exporter = FastOTLPSpanExporter()
     service = os.environ.get("OTEL_SERVICE_NAME", "escalade")
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    # A busy gateway makes thousands of spans a second: the SDK's default queue (2048) drops spans in bursts
+    # and its batches of 512 pay the HTTP request's overhead four times as often. OTEL_BSP_* still win.
+    queue = None if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else 16384
+    batch = None if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else 2048
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=batch))
     trace.set_tracer_provider(provider)
     _configured = True
     return True
@@ -190,6 +194,11 @@ def start_attempt_span(
     if headers is not None:
         _W3C.inject(headers, context=ctx)
     return span, context.attach(ctx)
+
+
+def inject(span: Span, headers: dict[str, str]) -> None:
+    """Put `span`'s W3C `traceparent` (and `tracestate`) into `headers`."""
+    _W3C.inject(headers, context=trace.set_span_in_context(span))
 
 
 def leave(token: object) -> None:

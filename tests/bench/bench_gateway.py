@@ -448,7 +448,8 @@ class Gateway:
     """One gateway under test: a server (uvicorn/granian, launcher options) and the checkout it serves."""
 
     def __init__(self, spec: str) -> None:
-        self.spec = spec
+        self.tracing = spec.endswith(TRACING)
+        self.spec = spec.removesuffix(TRACING)
         self.label = label_of(spec)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -473,6 +474,9 @@ class Bench:
         self.driven: Gateway | None = None
         self.loop = asyncio.new_event_loop()
         self.use_wrk = shutil.which("wrk") is not None and not args.no_wrk
+        self.sink: subprocess.Popen[bytes] | None = None
+        self.sink_port = 0
+        self.sink_log = workdir / "otlp-sink.log"
 
     def gateway_pids(self) -> list[int]:
         """The gateway being driven (none while the mock is driven directly)."""
@@ -511,6 +515,12 @@ class Bench:
         listen = f"127.0.0.1:{gw.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         env.update(kv.split("=", 1) for kv in self.args.gateway_env)
+        if gw.tracing:  # every request sampled, batch-exported over OTLP/HTTP to the sink on the load core
+            env.update(
+                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{self.start_sink()}",
+                OTEL_TRACES_SAMPLER="always_on",
+                OTEL_SERVICE_NAME="escalade-bench",
+            )
         spec, _, other_repo = gw.spec.partition("@")
         repo = str(Path(other_repo or self.args.repo).resolve())
         env["PYTHONPATH"] = repo
@@ -537,6 +547,35 @@ class Bench:
         gw.rss_start_kib = rss_kib(gw.pids())
         gw.sampler = RssSampler(gw.pids)
         gw.sampler.start()
+
+    def start_sink(self) -> int:
+        """The loopback OTLP receiver for `+tracing` gateways (started once, on the load core)."""
+        if self.sink is None:
+            self.sink_port = free_port()
+            self.sink_log = self.workdir / "otlp-sink.log"
+            cmd = [
+                *self.taskset(self.args.load_core),
+                sys.executable,
+                str(HERE / "otlp_sink.py"),
+                "--port",
+                str(self.sink_port),
+            ]
+            self.sink = start(cmd, log=self.sink_log)
+            deadline = time.monotonic() + 20
+            while "otlp sink on" not in self.sink_log.read_text():
+                if self.sink.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"otlp sink did not start: {self.sink_log.read_text()}")
+                time.sleep(0.05)
+        return self.sink_port
+
+    def stop_sink(self) -> str:
+        """Stop the sink; its tally of export requests and bytes (empty when none ran)."""
+        if self.sink is None:
+            return ""
+        stop(self.sink)
+        self.sink = None
+        m = re.search(r"OTLPSINK (.*)", self.sink_log.read_text())
+        return m.group(1) if m else "no tally"
 
     def stop_gateways(self) -> None:
         for gw in self.gateways:
@@ -750,10 +789,15 @@ class Bench:
         return results
 
 
+TRACING = "+tracing"
+"""Spec suffix: the same gateway with tracing on (100% sampled, OTLP/HTTP batch export to a loopback sink)."""
+
+
 def label_of(server: str) -> str:
-    """'uvicorn@/tmp/x/y' -> 'uvicorn@y': short enough for a table column."""
-    spec, sep, repo = server.partition("@")
-    return f"{spec}@{Path(repo).name}" if sep else spec
+    """'uvicorn@/tmp/x/y' -> 'uvicorn@y': short enough for a table column ('+tracing' kept)."""
+    tracing = TRACING if server.endswith(TRACING) else ""
+    spec, sep, repo = server.removesuffix(TRACING).partition("@")
+    return (f"{spec}@{Path(repo).name}" if sep else spec) + tracing
 
 
 def slug(text: str) -> str:
@@ -1036,7 +1080,7 @@ def main() -> int:
         default="uvicorn",
         help="comma list of SERVER[:OPTIONS][@REPO]: uvicorn (= escalade serve) or granian, launcher "
         "options after ':' (e.g. 'granian:--task-impl rust'), and a checkout to serve from after '@' "
-        "(default uvicorn; REPO defaults to --repo)",
+        "(default uvicorn; REPO defaults to --repo); a '+tracing' suffix runs that gateway with tracing on",
     )
     ap.add_argument("--repo", default=str(REPO), help="checkout to serve the gateway from (default: this one)")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="K=V", help="extra env for the gateway")
@@ -1066,6 +1110,13 @@ def main() -> int:
         metavar="SECONDS",
         help="before each run, wait up to this long for other tenants' CPU load to stop (0: never wait)",
     )
+    ap.add_argument(
+        "--tracing",
+        action="store_true",
+        help="for every --servers entry, also run its twin with tracing on (SPEC+tracing: "
+        "OTEL_TRACES_SAMPLER=always_on, OTLP/HTTP batch export to a loopback sink on the load core), "
+        "side by side in the same rounds",
+    )
     ap.add_argument("--no-wrk", action="store_true", help="use the built-in asyncio closed-loop client instead of wrk")
     ap.add_argument("--profile", type=float, default=0, metavar="SECONDS", help="py-spy record the gateway under load")
     ap.add_argument("--profile-kinds", default="unary", help="unary,stream")
@@ -1080,6 +1131,8 @@ def main() -> int:
     args.only = set(args.only.split(","))
     args.profile_kinds = args.profile_kinds.split(",")
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if args.tracing:
+        servers += [s + TRACING for s in servers if not s.endswith(TRACING)]
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     if hasattr(os, "sched_setaffinity"):
@@ -1106,6 +1159,9 @@ def main() -> int:
         results = bench.run(servers)
     finally:
         bench.stop_gateways()
+        sink_tally = bench.stop_sink()
+        if sink_tally:
+            log(f"otlp sink received: {sink_tally}")
         if bench.mock is not None:
             stop(bench.mock)
         bench.loop.close()

@@ -260,3 +260,20 @@ def test_errors_before_routing_are_traced_without_the_client_key(make_gateway, m
     assert server.attributes["error.type"] == "Unauthorized"
     assert server.attributes["escalade.route"] == "unknown"
     assert CANARY_CLIENT_KEY not in all_text(done)
+
+
+def test_an_unsampled_request_makes_no_span_but_still_passes_the_trace_on(make_gateway, mock, spans):
+    """The caller said "not sampled" (flags 00): the parent-based sampler drops the request, so escalade builds
+    no routing or attempt span; the upstream still joins the caller's trace, unsampled."""
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    gw = make_gateway(FALLBACK, telemetry={"propagate_trace_context": True})
+    spans.clear()
+    _client(gw).chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-00"},
+    )
+    time.sleep(0.2)
+    assert spans.get_finished_spans() == ()
+    [sent] = [r["headers"].get("traceparent") for r in mock.records()]
+    assert sent.startswith(f"00-{trace_id}-") and sent.endswith("-00")
