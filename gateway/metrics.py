@@ -13,6 +13,7 @@ error class names: never from client input (an unknown route is `unknown`), neve
 """
 
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -83,7 +84,7 @@ class GatewayMetrics:
         self._reader = InMemoryMetricReader()
         self.provider = MeterProvider(
             metric_readers=[self._reader, *readers],
-            resource=Resource.create({"service.name": "escalade"}),
+            resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "escalade")}),
             exemplar_filter=AlwaysOffExemplarFilter(),
             shutdown_on_exit=False,
         )
@@ -253,6 +254,20 @@ class GatewayMetrics:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def exporting_readers(env: dict[str, str] | None = None) -> list[Any]:
+    """A periodic OTLP/HTTP metric reader when OTEL_METRICS_EXPORTER names `otlp` (interval from
+    OTEL_METRIC_EXPORT_INTERVAL, endpoint and headers from OTEL_EXPORTER_OTLP_*); none otherwise."""
+    env = dict(os.environ) if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return []
+    if "otlp" not in [e.strip().lower() for e in env.get("OTEL_METRICS_EXPORTER", "").split(",")]:
+        return []
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    return [PeriodicExportingMetricReader(OTLPMetricExporter())]
 
 
 # ---------------------------------------------------------------- functions for the cascade runner

@@ -17,7 +17,7 @@ import uvicorn
 
 from gateway import logs
 from gateway.app import create_admin_app, create_app
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, exporting_readers
 from gateway.reload import PolicyWatcher
 from gateway.runtime import build_runtime, retire
 from gateway.state import GatewayState, ReloadStatus
@@ -114,7 +114,7 @@ class Gateway:
         server_conf = parse_policy(text, str(policy_path)).server
         self.host, port = parse_listen(listen or server_conf.listen)
         self.state = load_state(policy_path, self.host)
-        self.state.metrics = GatewayMetrics(self.state)
+        self.state.metrics = GatewayMetrics(self.state, exporting_readers())
         self.state.observers.append(self.state.metrics.observe)
         if not self.state.runtime.keys and not self.state.loopback:
             log.warning("no API keys in the policy and %s is not loopback: every request will get 401", self.host)
@@ -170,6 +170,8 @@ class Gateway:
             await self._watcher.stop()
             await self.state.engines.stop()  # after the listeners drained: in-flight requests finish first
             await retire(self.state.runtime, None, grace_s=0)
+            if self.state.metrics is not None:
+                self.state.metrics.shutdown()  # a periodic OTLP reader sends what it has left
 
     def banner(self) -> str:
         routes = ", ".join(self.state.runtime.policy.routes) or "none"

@@ -448,8 +448,10 @@ class Gateway:
     """One gateway under test: a server (uvicorn/granian, launcher options) and the checkout it serves."""
 
     def __init__(self, spec: str) -> None:
-        self.tracing = spec.endswith(TRACING)
-        self.spec = spec.removesuffix(TRACING)
+        m = _TRACING.search(spec)
+        self.tracing = m is not None
+        self.sample = float(m.group(1)) if m and m.group(1) else 1.0
+        self.spec = spec[: m.start()] if m else spec
         self.label = label_of(spec)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -518,9 +520,12 @@ class Bench:
         if gw.tracing:  # every request sampled, batch-exported over OTLP/HTTP to the sink on the load core
             env.update(
                 OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{self.start_sink()}",
-                OTEL_TRACES_SAMPLER="always_on",
                 OTEL_SERVICE_NAME="escalade-bench",
             )
+            if gw.sample >= 1:
+                env["OTEL_TRACES_SAMPLER"] = "always_on"
+            else:
+                env.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=str(gw.sample))
         spec, _, other_repo = gw.spec.partition("@")
         repo = str(Path(other_repo or self.args.repo).resolve())
         env["PYTHONPATH"] = repo
@@ -790,13 +795,16 @@ class Bench:
 
 
 TRACING = "+tracing"
-"""Spec suffix: the same gateway with tracing on (100% sampled, OTLP/HTTP batch export to a loopback sink)."""
+"""Spec suffix: the same gateway with tracing on, OTLP/HTTP batch export to a loopback sink; every request
+sampled, or the fraction after a colon (`+tracing:0.1`: parent-based trace-id ratio sampler)."""
+_TRACING = re.compile(r"\+tracing(?::([0-9.]+))?$")
 
 
 def label_of(server: str) -> str:
     """'uvicorn@/tmp/x/y' -> 'uvicorn@y': short enough for a table column ('+tracing' kept)."""
-    tracing = TRACING if server.endswith(TRACING) else ""
-    spec, sep, repo = server.removesuffix(TRACING).partition("@")
+    m = _TRACING.search(server)
+    tracing = m.group(0) if m else ""
+    spec, sep, repo = (server[: m.start()] if m else server).partition("@")
     return (f"{spec}@{Path(repo).name}" if sep else spec) + tracing
 
 
@@ -1080,7 +1088,8 @@ def main() -> int:
         default="uvicorn",
         help="comma list of SERVER[:OPTIONS][@REPO]: uvicorn (= escalade serve) or granian, launcher "
         "options after ':' (e.g. 'granian:--task-impl rust'), and a checkout to serve from after '@' "
-        "(default uvicorn; REPO defaults to --repo); a '+tracing' suffix runs that gateway with tracing on",
+        "(default uvicorn; REPO defaults to --repo); a '+tracing' suffix runs that gateway with tracing on, "
+        "'+tracing:0.1' with 10%% of requests sampled",
     )
     ap.add_argument("--repo", default=str(REPO), help="checkout to serve the gateway from (default: this one)")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="K=V", help="extra env for the gateway")
@@ -1132,7 +1141,7 @@ def main() -> int:
     args.profile_kinds = args.profile_kinds.split(",")
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if args.tracing:
-        servers += [s + TRACING for s in servers if not s.endswith(TRACING)]
+        servers += [s + TRACING for s in servers if not _TRACING.search(s)]
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     if hasattr(os, "sched_setaffinity"):

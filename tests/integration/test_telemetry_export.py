@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -37,6 +38,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.requests: list[ExportTraceServiceRequest] = []
+        self.metrics: list[ExportMetricsServiceRequest] = []
         self.raw: list[bytes] = []
         self.paths: list[str] = []
         receiver = self
@@ -48,8 +50,11 @@ class Receiver:
                     body = gzip.decompress(body)
                 receiver.paths.append(self.path)
                 receiver.raw.append(body)
-                if self.path == "/v1/traces" and self.headers.get("content-type") == "application/x-protobuf":
+                protobuf = self.headers.get("content-type") == "application/x-protobuf"
+                if self.path == "/v1/traces" and protobuf:
                     receiver.requests.append(ExportTraceServiceRequest.FromString(body))
+                if self.path == "/v1/metrics" and protobuf:
+                    receiver.metrics.append(ExportMetricsServiceRequest.FromString(body))
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
@@ -143,7 +148,7 @@ def stop(proc) -> str:
 
 def test_traces_metrics_and_logs_of_a_served_gateway_carry_no_secret(tmp_path, mock, receiver):
     mock.script("PRIMARY", ["fault:status?code=503"])
-    proc, base, admin = serve(tmp_path, mock, receiver)
+    proc, base, admin = serve(tmp_path, mock, receiver, OTEL_METRICS_EXPORTER="otlp", OTEL_METRIC_EXPORT_INTERVAL="200")
     bodies = []
     try:
         auth = {"authorization": f"Bearer {CLIENT_KEY}"}
@@ -168,7 +173,7 @@ def test_traces_metrics_and_logs_of_a_served_gateway_carry_no_secret(tmp_path, m
 
     # traces: one per request, each with its SERVER span; the answered one with routing and GenAI client spans
     spans = receiver.spans()
-    assert {path for path in receiver.paths} == {"/v1/traces"}
+    assert set(receiver.paths) == {"/v1/traces", "/v1/metrics"}
     assert {service for service, _ in spans} == {"escalade-under-test"}
     traces: dict[bytes, list] = {}
     for _, span in spans:
@@ -192,6 +197,10 @@ def test_traces_metrics_and_logs_of_a_served_gateway_carry_no_secret(tmp_path, m
     assert 'escalade_requests_total{route="auto",model="backup",code="200"} 1' in metrics
     assert 'escalade_requests_total{route="unknown",model="none",code="401"} 1' in metrics
     assert 'escalade_upstream_attempts_total{route="auto",model="primary",outcome="UpstreamUnavailable"} 2' in metrics
+
+    # the same metrics pushed over OTLP/HTTP (OTEL_METRICS_EXPORTER=otlp), under their OpenTelemetry names
+    pushed = {m.name for r in receiver.metrics for rm in r.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert {"escalade.requests", "escalade.request.duration", "escalade.upstream.attempts"} <= pushed
 
     # logs: one JSON line per request, with ids, route, deployment, status, timings, tokens, cost
     lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
