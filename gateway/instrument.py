@@ -59,6 +59,7 @@ class RequestRecord:
     """A route of the policy, or `unknown`: never the client's raw string (metric label cardinality)."""
     deployment: str = NO_MODEL
     stream: bool = False
+    """The client asked for a stream."""
     attempts: int = 0
     error_type: str | None = None
     input_tokens: int | None = None
@@ -131,7 +132,7 @@ def _close(rec: RequestRecord, status: int, scope: Any, token: object) -> None:
         rec.error_type = f"http_{status}"
     if rec.metrics is not None:
         rec.metrics.request_done(
-            rec.route, rec.deployment, status, duration, rec.stream, rec.error_type, rec.ttft_s if rec.stream else None
+            rec.route, rec.deployment, status, duration, rec.stream, rec.error_type, rec.ttft_s
         )
     if request_log.isEnabledFor(_INFO):
         log_request(
@@ -160,7 +161,7 @@ def _close(rec: RequestRecord, status: int, scope: Any, token: object) -> None:
             attributes["error.type"] = rec.error_type
         if rec.cost_usd is not None:
             attributes["escalade.cost_usd"] = rec.cost_usd
-        if rec.stream:
+        if rec.ttft_s is not None:  # a stream that reached its commit point
             attributes["escalade.stream.truncated"] = rec.truncated
         telemetry.end_server_span(rec.span, token, status, attributes)
 
@@ -180,6 +181,7 @@ def note_route(rec: RequestRecord | None, route: str, policy: "Policy", inbound:
     the route records content and tracing is on."""
     if rec is None:
         return
+    rec.stream = getattr(inbound.typed, "is_stream", False) is True
     conf = policy.routes.get(route)
     if conf is None:
         return
@@ -398,7 +400,6 @@ def committed(rec: RequestRecord | None, deployment: str, attempts: int) -> None
     """A streaming request reached its commit point on `deployment`."""
     if rec is None:
         return
-    rec.stream = True
     rec.deployment = deployment
     rec.attempts = attempts
     rec.ttft_s = time.perf_counter() - rec.started

@@ -16,11 +16,13 @@ POLICY = {
         "backup": {"provider": "mock", "model": "ok", "price": PRICE},
         "streamer": {"provider": "mock", "model": "ok?tokens=5", "price": PRICE},
         "cutter": {"provider": "mock", "model": "fault:cut?after=3"},
+        "down": {"provider": "mock", "model": "fault:status?code=503"},
     },
     "routes": {
         "auto": {"models": ["primary", "backup"]},
         "stream": {"models": ["streamer"]},
         "cut": {"models": ["cutter"]},
+        "down": {"models": ["down"]},
     },
 }
 EXPECTED = {
@@ -85,6 +87,8 @@ def test_metrics_after_success_fallback_retry_stream_and_cut(make_gateway, mock)
     with pytest.raises(openai.APIError):
         for _ in c.chat.completions.create(model="cut", messages=[{"role": "user", "content": "hi"}], stream=True):
             pass
+    with pytest.raises(openai.InternalServerError):  # a stream that fails before its commit point: a 503
+        c.chat.completions.create(model="down", messages=[{"role": "user", "content": "hi"}], stream=True)
     with pytest.raises(openai.NotFoundError):
         c.chat.completions.create(model='evil"route{with}\nnewline', messages=[{"role": "user", "content": "hi"}])
     gw.state.health = {"primary": ModelHealth(circuit="open"), "backup": ModelHealth(circuit="half_open")}
@@ -133,7 +137,10 @@ def test_metrics_after_success_fallback_retry_stream_and_cut(make_gateway, mock)
     ttft = value(samples, "escalade_ttft_seconds_sum", route="stream", model="streamer")
     total = value(samples, "escalade_request_duration_seconds_sum", route="stream", model="streamer", stream="true")
     assert 0 < ttft <= total
-    assert not [ls for n, ls, _ in samples if n.startswith("escalade_ttft") and ls.get("route") == "auto"]
+    assert not [ls for n, ls, _ in samples if n.startswith("escalade_ttft") and ls.get("route") in ("auto", "down")]
+    assert value(samples, "escalade_requests_total", route="down", model="none", code="503") == 1
+    assert value(samples, "escalade_request_duration_seconds_count", route="down", model="none", stream="true") == 1
+    assert value(samples, "escalade_request_errors_total", route="down", error_type="UpstreamUnavailable") == 1
 
     assert value(samples, "escalade_circuit_state", model="primary") == 2
     assert value(samples, "escalade_circuit_state", model="backup") == 1
@@ -142,7 +149,7 @@ def test_metrics_after_success_fallback_retry_stream_and_cut(make_gateway, mock)
     assert value(samples, "escalade_engine_running_requests", engine="local") == 2
     assert value(samples, "escalade_state_backend_healthy", backend="memory") == 1
     routes = {ls["route"] for _, ls, _ in samples if "route" in ls}
-    assert routes == {"auto", "stream", "cut", "unknown"}  # the client's model string never becomes a label
+    assert routes == {"auto", "stream", "cut", "down", "unknown"}  # the client's model string never becomes a label
 
 
 def test_cascade_counters_have_their_labels(make_gateway):
