@@ -53,7 +53,7 @@ def test_circuit_opens_after_failures_then_a_probe_closes_it(make_gateway, mock)
         state={"sync_interval_s": 0.05},
     ))
     for _ in range(2):
-        headers, answer = ask(gw)
+        headers, _ = ask(gw)
         assert headers["x-escalade-model"] == "good" and headers["x-escalade-attempts"] == "2"
     assert upstream_calls(mock, "flaky") == 2
     assert gw.state.health["first"].circuit == "open"
@@ -128,7 +128,7 @@ def test_key_budget_refuses_with_429_once_spent(make_gateway, mock):
         "keys": [{"name": "capped", "key_sha256": sha("sk-capped"), "budget": {"usd": 0.01, "period": "day"}},
                  {"name": "free", "key_sha256": sha("sk-free")}],
     })
-    headers, answer = ask(gw, key="sk-capped")  # about 0.05 USD: admitted while 0 was spent
+    headers, _ = ask(gw, key="sk-capped")  # about 0.05 USD: admitted while 0 was spent
     cost = float(headers["x-escalade-cost-usd"])
     assert cost > 0.01
     assert gw.state.store.spent("capped", "day") == pytest.approx(cost)

@@ -14,10 +14,11 @@ from gateway.store import build_store
 from gateway.store.base import Store
 from policies.breaker import RATE_LIMIT_PAUSE_S
 from policies.health import Health, Outcome
-from policies.schema import BreakerConf, ModelConf, Policy, ResilienceConf, RetryBudgetConf, StateConf
-from tests.support.redis import redis_server  # noqa: F401 - fixture
+from policies.schema import BreakerConf, Budget, KeyConf, ModelConf, Policy, ResilienceConf, RetryBudgetConf, StateConf
 
-BACKENDS = ["memory"]  # redis: next commit
+BACKENDS = ["memory", "redis"]
+KEYS = ("team-a", "team-b")
+"""Keys with a budget: the ones whose spend a store always knows (a Redis store pulls them)."""
 _prefixes = itertools.count()
 
 
@@ -44,6 +45,7 @@ def policy(backend: str, prefix: str, **resilience) -> Policy:
     return Policy(
         state=StateConf(backend=backend, key_prefix=prefix, sync_interval_s=0.05),
         models={name: ModelConf(provider="mock", model="ok") for name in ("a", "b")},
+        keys=[KeyConf(name=name, key_sha256=f"{n:064}", budget=Budget(usd=1)) for n, name in enumerate(KEYS)],
         resilience=ResilienceConf(**conf),
     )
 
@@ -98,7 +100,7 @@ async def make(backend: str, request, monkeypatch) -> AsyncIterator[Callable[...
 async def test_a_new_store_knows_nothing(make):
     h = await make()
     assert await h.health() == {}
-    assert h.store.spent("k", "day") == 0.0
+    assert h.store.spent("team-a", "day") == 0.0
     assert not h.store.half_open("a") and await h.store.claim_probe("a")  # closed: no claim needed
 
 
