@@ -7,6 +7,7 @@ import time
 import httpx
 import openai
 import pytest
+import yaml
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -159,3 +160,26 @@ def test_readyz_names_the_state_backend(make_gateway):
     assert body["status"] == "ready" and body["state"]["backend"] == "memory"
     admin = httpx.get(gw.admin_url + "/admin/state").json()
     assert admin["store"]["backend"] == "memory" and admin["deployments"] == {}
+
+
+def test_reload_that_changes_the_backend_restarts_the_store(make_gateway, mock, redis_server, monkeypatch):
+    gw = make_gateway({"models": {"m": {"provider": "mock", "model": "ok"}}, "routes": {"auto": {"models": ["m"]}},
+                       "state": {"sync_interval_s": 0.05}})
+    readyz = gw.base_url.removesuffix("/v1") + "/readyz"
+    policy = yaml.safe_load(gw.policy_path.read_text())
+    monkeypatch.delenv("ESCALADE_TEST_REDIS", raising=False)
+    prefix = f"reload-{time.time()}"
+    policy["state"] = {"backend": "redis", "redis_url_env": "ESCALADE_TEST_REDIS", "key_prefix": prefix}
+    gw.policy_path.write_text(yaml.safe_dump(policy))
+    wait_for(lambda: "problem" in httpx.get(readyz).json()["state"], timeout=10)
+    state = httpx.get(readyz).json()["state"]
+    assert state["backend"] == "memory" and "ESCALADE_TEST_REDIS" in state["problem"]  # the old store serves on
+    assert ask(gw)[0]["x-escalade-model"] == "m"
+
+    monkeypatch.setenv("ESCALADE_TEST_REDIS", redis_server.url)
+    policy["state"]["sync_interval_s"] = 0.05  # a change, so the keeper tries again
+    gw.policy_path.write_text(yaml.safe_dump(policy))
+    wait_for(lambda: httpx.get(readyz).json()["state"].get("connected") is True, timeout=10)
+    assert gw.state.store.backend == "redis" and gw.state.observers.count(gw.state.store) == 1
+    assert ask(gw)[0]["x-escalade-model"] == "m"
+    wait_for(lambda: gw.state.health.get("m") is not None and gw.state.health["m"].samples == 1)
