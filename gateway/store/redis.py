@@ -345,17 +345,30 @@ class RedisStore:
         await pipe.execute()
 
     async def _push_breakers(self, taken: Buffers, conf: ResilienceConf, now: float) -> None:
+        """Apply each deployment's new results to its shared breaker, by compare-and-set: read all, write
+        all (one round trip each), and read again only those another replica changed meanwhile."""
         ttl_ms = int(breaker_ttl_s(conf.breaker.open_s) * 1000)
-        for name in list(taken.events):
-            key = self.keys.breaker(name)
-            for _ in range(CAS_ATTEMPTS):
-                raw = await self._client.get(key)
+        for _ in range(CAS_ATTEMPTS):
+            names = list(taken.events)
+            if not names:
+                return
+            raws = await self._client.mget([self.keys.breaker(name) for name in names])
+            pipe = self._client.pipeline(transaction=False)
+            writes = []
+            for name, raw in zip(names, raws, strict=True):
                 current = BreakerState.decode(raw)
                 new = record_all(current, taken.events[name], conf.breaker, now)
-                if new == current or await self._cas(keys=[key], args=[raw or b"", new.encode(), ttl_ms]):
-                    break
-            else:
-                log.warning("state: breaker of %s kept changing under %d updates; results dropped", name, CAS_ATTEMPTS)
+                if new == current:
+                    del taken.events[name]
+                    continue
+                await self._cas(keys=[self.keys.breaker(name)], args=[raw or b"", new.encode(), ttl_ms], client=pipe)
+                writes.append(name)
+            if writes:
+                for name, written in zip(writes, await pipe.execute(), strict=True):
+                    if written:
+                        del taken.events[name]
+        for name in list(taken.events):
+            log.warning("state: breaker of %s kept changing under %d updates; results dropped", name, CAS_ATTEMPTS)
             del taken.events[name]
 
     async def _pull(self, policy: Policy, now: float) -> Fleet:

@@ -1,6 +1,7 @@
 """What only the Redis store does: several replicas share one state, and a Redis outage degrades to
 local state and catches up. Against a real redis-server."""
 
+import asyncio
 import itertools
 import logging
 import time
@@ -186,3 +187,12 @@ async def test_a_store_that_starts_without_redis_serves_locally(fleet, caplog):
         fail(a)
     assert a.health()["a"].circuit == "open"
     assert "hunter2" not in str(a.status()) and "hunter2" not in caplog.text
+
+
+async def test_concurrent_pushes_lose_no_breaker_result(fleet):
+    stores = [await fleet() for _ in range(4)]
+    for store in stores[:3]:
+        fail(store)  # one failure each; three in a row open the circuit
+    await asyncio.gather(*(store.sync() for store in stores[:3]))  # racing compare-and-sets
+    await stores[3].sync()
+    assert stores[3].health()["a"].circuit == "open"
