@@ -10,6 +10,8 @@
                                                         TTL: until the cooldown ends
     <p>:v1:spend:<key>:<period>:<period id>    string  USD spent by a virtual key (INCRBYFLOAT)
                                                         TTL: the period's length + 1 day
+    <p>:v1:rate:<key>:rpm|tpm                  string  GCRA theoretical arrival time of a key's limit
+                                                        TTL: until the bucket is full again (+ 60 s)
 
 Deployment and key names are escaped (`%` and `:`), so a name can never reach into another key.
 Each script touches one key, so the layout also works on Redis Cluster.
@@ -43,6 +45,10 @@ class Keys:
     def spend(self, key: str, slot: str) -> str:
         """`slot` is "<period>:<period id>", e.g. "day:2025-03-31"."""
         return f"{self.base}:spend:{_name(key)}:{slot}"
+
+    def rate(self, key: str, kind: str) -> str:
+        """`kind` is rpm or tpm."""
+        return f"{self.base}:rate:{_name(key)}:{kind}"
 
 
 def spend_ttl_s(slot: str) -> int:

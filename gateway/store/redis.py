@@ -16,7 +16,7 @@ When Redis is unreachable the replica keeps serving on its local ledger (its own
 breakers and probe claims), says so in /readyz, and keeps its buffers (bounded: statistics older
 than the window, breaker results older than `open_s` and ended cooldowns are dropped; spend is kept).
 When Redis answers again it pushes them and goes back to the fleet's view. Spend is unknown while
-Redis is unreachable, so budgeted keys are refused then (see gateway.store.budget).
+Redis is unreachable, so budgeted keys are refused then (see gateway.store.admission).
 
 The Redis URL (it may hold a password) is never logged or shown; errors are named by their type.
 """
@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from gateway.store.base import Clock, PolicySource, Publish, build_health
 from gateway.store.keys import Keys, breaker_ttl_s, spend_ttl_s
 from gateway.store.ledger import PERIODS, Ledger
+from policies import ratelimit
 from policies.breaker import CLOSED, BreakerState, Cooldown, Event, event_of, later, phase, record_all
 from policies.health import Health, ModelHealth, Outcome
 from policies.schema import Policy, ResilienceConf
@@ -78,6 +79,41 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local rpm_step = tonumber(ARGV[2])
+local tpm_step = tonumber(ARGV[3])
+local period = tonumber(ARGV[4])
+local wait = 0
+local rpm_tat = now
+if rpm_step > 0 then
+  rpm_tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now) + rpm_step
+  if rpm_tat - now > period then
+    wait = rpm_tat - now - period
+  end
+end
+if tpm_step > 0 then
+  local tpm_tat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
+  if tpm_tat - now >= period then
+    wait = math.max(wait, tpm_tat - now - period, tpm_step)
+  end
+end
+if wait > 0 then
+  return tostring(wait)
+end
+if rpm_step > 0 then
+  redis.call('SET', KEYS[1], string.format('%.17g', rpm_tat), 'PX', math.ceil((rpm_tat - now + period) * 1000))
+end
+return '0'
+"""
+
+_ADD_TOKENS = """
+local now = tonumber(ARGV[1])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now) + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', math.ceil((tat - now + tonumber(ARGV[3])) * 1000))
+return 1
+"""
+
 _CLAIM = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then
@@ -95,6 +131,8 @@ class Buffers:
     events: dict[str, list[Event]] = field(default_factory=dict)
     cooldowns: dict[str, Cooldown] = field(default_factory=dict)
     spend: dict[tuple[str, str], float] = field(default_factory=dict)
+    tokens: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(key, its tpm) -> tokens of answers not yet counted in Redis."""
 
     def add(self, outcome: Outcome, cooldown: Cooldown | None, conf: ResilienceConf, now: float) -> None:
         length = slice_s(conf.latency_window_s)
@@ -115,8 +153,8 @@ class Buffers:
             self.cooldowns[outcome.deployment] = kept
 
     def take(self) -> "Buffers":
-        taken = Buffers(self.tallies, self.events, self.cooldowns, self.spend)
-        self.tallies, self.events, self.cooldowns, self.spend = {}, {}, {}, {}
+        taken = Buffers(self.tallies, self.events, self.cooldowns, self.spend, self.tokens)
+        self.tallies, self.events, self.cooldowns, self.spend, self.tokens = {}, {}, {}, {}, {}
         return taken
 
     def restore(self, taken: "Buffers") -> None:
@@ -137,6 +175,8 @@ class Buffers:
             self.cooldowns[name] = kept
         for slot, usd in taken.spend.items():
             self.spend[slot] = self.spend.get(slot, 0.0) + usd
+        for slot, tokens in taken.tokens.items():
+            self.tokens[slot] = self.tokens.get(slot, 0) + tokens
 
     def trim(self, conf: ResilienceConf, now: float) -> None:
         """Drop what would be stale by the time it is pushed."""
@@ -160,6 +200,7 @@ class Buffers:
             "breaker_results": sum(len(e) for e in self.events.values()),
             "cooldowns": len(self.cooldowns),
             "spend_entries": len(self.spend),
+            "token_counts": len(self.tokens),
         }
 
 
@@ -208,6 +249,8 @@ class RedisStore:
         self._cas = self._client.register_script(_CAS)
         self._extend = self._client.register_script(_EXTEND)
         self._claim = self._client.register_script(_CLAIM)
+        self._admit = self._client.register_script(_ADMIT)
+        self._add_tokens = self._client.register_script(_ADD_TOKENS)
         self.local = Ledger()
         self._buffers = Buffers()
         self._spend_keys: set[str] = set()
@@ -312,7 +355,7 @@ class RedisStore:
         except BaseException:
             self._buffers.restore(taken)
             raise
-        taken.tallies, taken.cooldowns, taken.spend = {}, {}, {}
+        taken.tallies, taken.cooldowns, taken.spend, taken.tokens = {}, {}, {}, {}
         try:
             await self._push_breakers(taken, conf, now)
         except BaseException:
@@ -321,7 +364,7 @@ class RedisStore:
         self._fleet = await self._pull(policy, now)
 
     async def _push_counters(self, taken: Buffers, conf: ResilienceConf, now: float) -> None:
-        if not (taken.tallies or taken.cooldowns or taken.spend):
+        if not (taken.tallies or taken.cooldowns or taken.spend or taken.tokens):
             return
         pipe = self._client.pipeline(transaction=True)
         ttl_ms = int((conf.latency_window_s + 2 * slice_s(conf.latency_window_s)) * 1000)
@@ -342,6 +385,9 @@ class RedisStore:
             name = self.keys.spend(key, slot)
             pipe.incrbyfloat(name, usd)
             pipe.expire(name, spend_ttl_s(slot))
+        for (key, tpm), tokens in taken.tokens.items():
+            args = [repr(now), repr(tokens * ratelimit.interval(tpm)), repr(ratelimit.PERIOD_S)]
+            await self._add_tokens(keys=[self.keys.rate(key, "tpm")], args=args, client=pipe)
         await pipe.execute()
 
     async def _push_breakers(self, taken: Buffers, conf: ResilienceConf, now: float) -> None:
@@ -488,6 +534,30 @@ class RedisStore:
         for period in PERIODS:
             slot = (key, f"{period}:{period_id(period, now)}")
             self._buffers.spend[slot] = self._buffers.spend.get(slot, 0.0) + usd
+
+    async def admit(self, key: str, rpm: int | None, tpm: int | None) -> float:
+        now = self.clock()
+        if not self._connected:
+            return self.local.admit(key, rpm, tpm, now)
+        steps = [ratelimit.interval(rpm) if rpm else 0.0, ratelimit.interval(tpm) if tpm else 0.0]
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                wait = await self._admit(
+                    keys=[self.keys.rate(key, "rpm"), self.keys.rate(key, "tpm")],
+                    args=[repr(now), *(repr(step) for step in steps), repr(ratelimit.PERIOD_S)],
+                )
+        except UNREACHABLE as exc:
+            self._went_down(exc)
+            self._wake.set()
+            return self.local.admit(key, rpm, tpm, now)
+        return float(wait)
+
+    def add_tokens(self, key: str, tokens: int, tpm: int) -> None:
+        if tokens <= 0:
+            return
+        self.local.add_tokens(key, tokens, tpm, self.clock())
+        slot = (key, tpm)
+        self._buffers.tokens[slot] = self._buffers.tokens.get(slot, 0) + tokens
 
     def status(self) -> dict[str, Any]:
         now = self.clock()

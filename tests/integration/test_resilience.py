@@ -183,3 +183,32 @@ def test_reload_that_changes_the_backend_restarts_the_store(make_gateway, mock, 
     assert gw.state.store.backend == "redis" and gw.state.observers.count(gw.state.store) == 1
     assert ask(gw)[0]["x-escalade-model"] == "m"
     wait_for(lambda: gw.state.health.get("m") is not None and gw.state.health["m"].samples == 1)
+
+
+def test_key_rpm_refuses_with_429_and_retry_after(make_gateway, mock):
+    gw = make_gateway({
+        "models": {"m": {"provider": "mock", "model": "ok"}},
+        "routes": {"auto": {"models": ["m"]}},
+        "keys": [{"name": "slow", "key_sha256": sha("sk-slow"), "rpm": 2},
+                 {"name": "free", "key_sha256": sha("sk-free")}],
+    })
+    for _ in range(2):
+        assert ask(gw, key="sk-slow")[0]["x-escalade-model"] == "m"
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(gw, key="sk-slow")
+    assert refused.value.body["code"] == "rate_limit_exceeded" and "2 requests/min" in refused.value.message
+    assert 25 <= int(refused.value.response.headers["retry-after"]) <= 31
+    assert upstream_calls(mock, "ok") == 2  # refused before any upstream call
+    assert ask(gw, key="sk-free")[0]["x-escalade-model"] == "m"
+
+
+def test_key_tpm_counts_the_tokens_of_answers(make_gateway, mock):
+    gw = make_gateway({
+        "models": {"m": {"provider": "mock", "model": "ok?tokens=100"}},
+        "routes": {"auto": {"models": ["m"]}},
+        "keys": [{"name": "wordy", "key_sha256": sha("sk-wordy"), "tpm": 60}],
+    })
+    assert ask(gw, key="sk-wordy")[0]["x-escalade-model"] == "m"  # admitted while the bucket had room
+    with pytest.raises(openai.RateLimitError) as refused:  # its 102 tokens overfilled it
+        ask(gw, key="sk-wordy")
+    assert refused.value.body["code"] == "rate_limit_exceeded" and "60 tokens/min" in refused.value.message

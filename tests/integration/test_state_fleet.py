@@ -2,6 +2,7 @@
 a circuit opened by one replica's failures is skipped by the others, latency seen by one is seen by
 all, and a Redis outage leaves every replica serving on its own state until Redis returns."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -150,3 +151,26 @@ def test_redis_outage_keeps_replicas_serving_then_they_catch_up(replicas, secret
     assert "canary-pw" not in httpx.get(f"{a.admin}/admin/state").text
     logs = a.stop() + b.stop()
     assert "cannot reach Redis" in logs and "canary-pw" not in logs
+
+
+def test_key_rpm_holds_across_replicas(tmp_path, redis_server, mock):
+    policy = mock_policy(
+        mock.base_url,
+        models={"m": {"provider": "mock", "model": "ok"}},
+        routes={"auto": {"models": ["m"]}},
+        keys=[{"name": "app", "key_sha256": hashlib.sha256(b"sk-app").hexdigest(), "rpm": 5}],
+        state={"backend": "redis", "key_prefix": f"rpm-{time.monotonic_ns()}", "sync_interval_s": 0.1},
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    fleet = [Replica(path, redis_server.url) for _ in range(2)]
+    try:
+        statuses = [
+            httpx.post(f"{r.base}/chat/completions", json={"model": "auto", "messages": HI},
+                       headers={"authorization": "Bearer sk-app"}, timeout=20).status_code
+            for _ in range(4) for r in fleet
+        ]
+        assert statuses.count(200) == 5 and statuses.count(429) == 3  # one budget of 5 a minute for the fleet
+    finally:
+        for replica in fleet:
+            replica.stop()

@@ -232,3 +232,24 @@ async def test_spend_per_key_and_period(make):
     h.clock.advance(86400 * 32)
     await h.store.sync()
     assert h.store.spent("team-a", "day") == 0.0 and h.store.spent("team-a", "month") == 0.0
+
+
+async def test_rpm_admits_a_minute_of_burst_then_the_steady_rate(make):
+    h = await make()
+    assert [await h.store.admit("team-a", 3, None) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = await h.store.admit("team-a", 3, None)
+    assert wait == pytest.approx(20.0, abs=0.01)  # 60 s / 3 requests
+    assert await h.store.admit("team-b", 3, None) == 0.0  # per key
+    h.clock.advance(20.01)
+    assert await h.store.admit("team-a", 3, None) == 0.0
+    assert await h.store.admit("team-a", 3, None) > 0
+
+
+async def test_tpm_counts_answers_tokens(make):
+    h = await make()
+    assert await h.store.admit("team-a", None, 100) == 0.0
+    h.store.add_tokens("team-a", 150, 100)  # 1.5 minutes' worth
+    await h.store.sync()
+    assert await h.store.admit("team-a", None, 100) == pytest.approx(30.0, abs=0.01)
+    h.clock.advance(30.01)
+    assert await h.store.admit("team-a", None, 100) == 0.0

@@ -196,3 +196,19 @@ async def test_concurrent_pushes_lose_no_breaker_result(fleet):
     await asyncio.gather(*(store.sync() for store in stores[:3]))  # racing compare-and-sets
     await stores[3].sync()
     assert stores[3].health()["a"].circuit == "open"
+
+
+async def test_rpm_is_exact_across_replicas_under_concurrency(fleet):
+    stores = [await fleet() for _ in range(4)]
+    waits = await asyncio.gather(*(store.admit("team", 10, None) for _ in range(15) for store in stores))
+    assert sum(1 for w in waits if w == 0) == 10  # 60 concurrent requests, 4 replicas, rpm 10
+
+
+async def test_rate_limits_fall_back_to_local_while_redis_is_down(fleet, own_redis):
+    a = await fleet(own_redis.url)
+    assert await a.admit("team", 2, None) == 0.0
+    own_redis.kill()
+    assert await a.admit("team", 2, None) == 0.0  # this replica's own limiter, starting afresh
+    assert await a.admit("team", 2, None) == 0.0
+    assert await a.admit("team", 2, None) > 0
+    assert not a.status()["connected"]
