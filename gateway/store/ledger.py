@@ -126,10 +126,10 @@ class Ledger:
 
     def prune(self, conf: ResilienceConf, now: float) -> None:
         """Forget what can no longer matter, so nothing grows without bound."""
-        oldest = window_slices(now, conf.latency_window_s).start
+        window = window_slices(now, conf.latency_window_s)
         for name in list(self.tallies):
             slices = self.tallies[name]
-            for index in [i for i in slices if i < oldest]:
+            for index in [i for i in slices if i not in window]:  # too old, or of a window a reload changed
                 del slices[index]
             if not slices:
                 del self.tallies[name]

@@ -212,3 +212,25 @@ def test_key_tpm_counts_the_tokens_of_answers(make_gateway, mock):
     with pytest.raises(openai.RateLimitError) as refused:  # its 102 tokens overfilled it
         ask(gw, key="sk-wordy")
     assert refused.value.body["code"] == "rate_limit_exceeded" and "60 tokens/min" in refused.value.message
+
+
+def test_budgets_fail_closed_while_redis_is_unreachable(make_gateway, mock, monkeypatch):
+    from tests.support.redis import free_port
+
+    monkeypatch.setenv("ESCALADE_DEAD_REDIS", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    gw = make_gateway({
+        "models": {"m": {"provider": "mock", "model": "ok"}},
+        "routes": {"auto": {"models": ["m"]}},
+        "keys": [{"name": "capped", "key_sha256": sha("sk-capped"), "budget": {"usd": 5}},
+                 {"name": "limited", "key_sha256": sha("sk-limited"), "rpm": 100},
+                 {"name": "free", "key_sha256": sha("sk-free")}],
+        "state": {"backend": "redis", "redis_url_env": "ESCALADE_DEAD_REDIS"},
+    })
+    with pytest.raises(openai.APIStatusError) as refused:
+        ask(gw, key="sk-capped")
+    assert refused.value.status_code == 503 and refused.value.body["code"] == "budget_store_unavailable"
+    assert refused.value.response.headers["retry-after"]
+    assert ask(gw, key="sk-limited")[0]["x-escalade-model"] == "m"  # rates fall back to a local limiter
+    assert ask(gw, key="sk-free")[0]["x-escalade-model"] == "m"
+    state = httpx.get(gw.base_url.removesuffix("/v1") + "/readyz").json()["state"]
+    assert state["connected"] is False and "cannot reach Redis" in state["degraded"]
