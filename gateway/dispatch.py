@@ -16,14 +16,16 @@ from typing import Any, Generic, TypeVar
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, stop_never
 
+from gateway.hedge import race
 from gateway.observe import Observer, notify
 from gateway.runtime import Runtime
 from gateway.telemetry import tracer, tracing_active
 from policies.health import Outcome
 from policies.retry import Step, next_step
 from policies.router import Candidate, Plan
+from policies.strategies import larger_context
 from providers.base import Call, Provider
-from providers.errors import GatewayError, NoEligibleRoute, UpstreamSilent
+from providers.errors import ContextLengthExceeded, GatewayError, NoEligibleRoute, UpstreamSilent
 
 R = TypeVar("R")
 C = TypeVar("C")
@@ -37,6 +39,8 @@ class Answer(Generic[R]):
     candidate: Candidate
     attempts: int
     """Upstream attempts this request made, over all deployments."""
+    hedged: bool = False
+    """A hedge started: a second deployment raced the first (`candidate` is the one that won)."""
 
 
 @dataclass(slots=True)
@@ -68,25 +72,57 @@ async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
     """Try the plan's candidates in order; raise the FIRST error when none answers.
 
     The first error is what the client needs to see (the primary's 503, not a fallback's 400 about
-    a parameter it does not support).
+    a parameter it does not support). With hedging, the first two candidates race (gateway.hedge).
+    After a context-length error only candidates with a larger context window are tried, and only
+    when the route has `context_fallback`.
     """
-    first_error: GatewayError | None = None
-    attempts = 0
     candidates = req.plan.candidates
-    for index, candidate in enumerate(candidates):
+    counters = [_Counter() for _ in candidates]
+    route = req.runtime.policy.routes.get(req.plan.route)
+    errors: list[GatewayError] = []
+    tried: set[int] = set()
+    too_long: Candidate | None = None  # the last candidate whose context window the request overflowed
+
+    def run(index: int) -> Awaitable[R]:
+        tried.add(index)
+        candidate = candidates[index]
         provider = req.runtime.providers[candidate.model.provider]
-        is_last = index == len(candidates) - 1
-        counter = _Counter()
-        try:
-            result = await _with_retries(req, candidate, provider, attempt, counter, is_last)
-        except GatewayError as error:
-            attempts += counter.n
-            first_error = first_error or error
-            if getattr(error, "escalade_step", None) == "fail" or time.monotonic() >= req.deadline:
+        return _with_retries(req, candidate, provider, attempt, counters[index], index == len(candidates) - 1)
+
+    def answer(index: int, result: R, hedged: bool = False) -> Answer[R]:
+        return Answer(result=result, candidate=candidates[index], attempts=sum(c.n for c in counters), hedged=hedged)
+
+    def go_on(error: GatewayError, index: int) -> bool:
+        """Record a candidate's failure; may the next candidate be tried?"""
+        nonlocal too_long
+        errors.append(error)
+        if isinstance(error, ContextLengthExceeded):
+            too_long = candidates[index]
+            return route is not None and route.context_fallback
+        return getattr(error, "escalade_step", None) != "fail" and time.monotonic() < req.deadline
+
+    for index, candidate in enumerate(candidates):
+        if index in tried or (too_long is not None and not larger_context(candidate, too_long)):
+            continue
+        if index == 0 and req.plan.hedge_after_s is not None and len(candidates) > 1:
+            raced = await race(run(0), lambda: run(1), req.plan.hedge_after_s, _release)
+            if raced.winner is not None:
+                return answer(raced.winner, raced.result, hedged=raced.started > 1)  # type: ignore[arg-type]
+            if not all([go_on(error, i) for i, error in raced.errors]):  # record every error
                 break
             continue
-        return Answer(result=result, candidate=candidate, attempts=attempts + counter.n)
-    raise first_error or NoEligibleRoute(f"route {req.plan.route} has no deployment to try")
+        try:
+            return answer(index, await run(index))
+        except GatewayError as error:
+            if not go_on(error, index):
+                break
+    raise errors[0] if errors else NoEligibleRoute(f"route {req.plan.route} has no deployment to try")
+
+
+async def _release(result: Any) -> None:
+    """A hedge loser that reached its commit point anyway: close its stream."""
+    if isinstance(result, Committed):
+        await _close(result.rest)
 
 
 class _Counter:
