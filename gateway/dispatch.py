@@ -40,7 +40,7 @@ class Answer(Generic[R]):
     attempts: int
     """Upstream attempts this request made, over all deployments."""
     hedged: bool = False
-    """A hedge started: a second deployment raced the first (`candidate` is the one that won)."""
+    """A hedge started: a second deployment raced the first."""
 
 
 @dataclass(slots=True)
@@ -82,6 +82,7 @@ async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
     errors: list[GatewayError] = []
     tried: set[int] = set()
     too_long: Candidate | None = None  # the last candidate whose context window the request overflowed
+    hedged = False
 
     def run(index: int) -> Awaitable[R]:
         tried.add(index)
@@ -89,7 +90,7 @@ async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
         provider = req.runtime.providers[candidate.model.provider]
         return _with_retries(req, candidate, provider, attempt, counters[index], index == len(candidates) - 1)
 
-    def answer(index: int, result: R, hedged: bool = False) -> Answer[R]:
+    def answer(index: int, result: R) -> Answer[R]:
         return Answer(result=result, candidate=candidates[index], attempts=sum(c.n for c in counters), hedged=hedged)
 
     def go_on(error: GatewayError, index: int) -> bool:
@@ -106,8 +107,9 @@ async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
             continue
         if index == 0 and req.plan.hedge_after_s is not None and len(candidates) > 1:
             raced = await race(run(0), lambda: run(1), req.plan.hedge_after_s, _release)
+            hedged = raced.started > 1
             if raced.winner is not None:
-                return answer(raced.winner, raced.result, hedged=raced.started > 1)  # type: ignore[arg-type]
+                return answer(raced.winner, raced.result)  # type: ignore[arg-type]
             if not all([go_on(error, i) for i, error in raced.errors]):  # record every error
                 break
             continue
