@@ -21,7 +21,6 @@ snapshot over the policy's `resilience.latency_window_s`, and the snapshot is re
 from __future__ import annotations
 
 import argparse
-import bisect
 import heapq
 import math
 import random
@@ -29,19 +28,19 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from policies.cost import request_size, usage_cost  # noqa: E402
-from policies.health import Health, ModelHealth, Outcome  # noqa: E402
-from policies.loader import parse_policy  # noqa: E402
-from policies.router import plan  # noqa: E402
-from policies.schema import Policy  # noqa: E402
-from policies.strategies import Facts  # noqa: E402
-from providers.schema.chat import Usage  # noqa: E402
+from policies.cost import request_size, usage_cost
+from policies.health import Health, ModelHealth, Outcome
+from policies.loader import parse_policy
+from policies.router import plan
+from policies.schema import Policy
+from policies.strategies import Facts
+from providers.schema.chat import Usage
 
 _Z = statistics.NormalDist()
 
@@ -274,7 +273,12 @@ class Report:
         for key, run in self.runs.items():
             cells = [key, *(f"{run.share(n):.1%}" for n in names)]
             p50 = run.latency_pct(0.5)
-            cells += [f"{p50:.3f}", f"{run.latency_pct(0.99):.3f}", f"{run.cost_per_1k():.3f}", f"{p50 / oracle_p50:.2f}x"]
+            cells += [
+                f"{p50:.3f}",
+                f"{run.latency_pct(0.99):.3f}",
+                f"{run.cost_per_1k():.3f}",
+                f"{p50 / oracle_p50:.2f}x",
+            ]
             rows.append("| " + " | ".join(cells) + " |")
         ll = self.runs["lowest_latency"]
         degraded = ll.share("swift", s.degrade_at + 5, s.recover_at)

@@ -14,12 +14,26 @@ from policies.health import ModelHealth
 PROVIDERS = {"mock": {"type": "openai", "base_url": "set-by-test"}}
 MODELS = {
     # the mock answers each upstream model name; the name is the deployment in x-escalade-model
-    "dear": {"provider": "mock", "model": "DEAR", "price": {"input_per_mtok": 3, "output_per_mtok": 15},
-             "context_window": 200000},
-    "thrifty": {"provider": "mock", "model": "THRIFTY", "price": {"input_per_mtok": 0.2, "output_per_mtok": 0.8},
-                "context_window": 2000, "capabilities": ["json_schema"]},
-    "box": {"provider": "mock", "model": "BOX", "local": True, "context_window": 8000,
-            "capabilities": ["tools", "json_schema"]},
+    "dear": {
+        "provider": "mock",
+        "model": "DEAR",
+        "price": {"input_per_mtok": 3, "output_per_mtok": 15},
+        "context_window": 200000,
+    },
+    "thrifty": {
+        "provider": "mock",
+        "model": "THRIFTY",
+        "price": {"input_per_mtok": 0.2, "output_per_mtok": 0.8},
+        "context_window": 2000,
+        "capabilities": ["json_schema"],
+    },
+    "box": {
+        "provider": "mock",
+        "model": "BOX",
+        "local": True,
+        "context_window": 8000,
+        "capabilities": ["tools", "json_schema"],
+    },
 }
 
 
@@ -79,11 +93,15 @@ def test_cost_cap_of_the_route_and_the_header(gateway, mock):
 
 def test_lowest_latency_follows_live_health_and_explores(gateway, mock):
     gw = gateway(r={"strategy": "lowest_latency", "models": ["dear", "thrifty"], "explore": 0})
-    gw.state.health = {"dear": ModelHealth(samples=50, total_p50_s=2.0, ttft_p50_s=0.9),
-                       "thrifty": ModelHealth(samples=50, total_p50_s=0.4, ttft_p50_s=0.3)}
+    gw.state.health = {
+        "dear": ModelHealth(samples=50, total_p50_s=2.0, ttft_p50_s=0.9),
+        "thrifty": ModelHealth(samples=50, total_p50_s=0.4, ttft_p50_s=0.3),
+    }
     assert served_by(gw, "r") == "thrifty"
-    gw.state.health = {"dear": ModelHealth(samples=50, total_p50_s=0.2, ttft_p50_s=0.1),
-                       "thrifty": ModelHealth(samples=50, total_p50_s=0.4, ttft_p50_s=0.3)}
+    gw.state.health = {
+        "dear": ModelHealth(samples=50, total_p50_s=0.2, ttft_p50_s=0.1),
+        "thrifty": ModelHealth(samples=50, total_p50_s=0.4, ttft_p50_s=0.3),
+    }
     assert served_by(gw, "r") == "dear"
 
 
@@ -118,8 +136,15 @@ def test_capabilities_filter_tools_and_json_schema(gateway, mock):
 
 def test_vision_goes_to_a_model_that_sees(gateway):
     gw = gateway(r={"models": ["box", "dear"]})  # box declares no vision; dear declares nothing = all
-    image = [{"role": "user", "content": [{"type": "text", "text": "what is this"},
-                                          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
+    image = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ],
+        }
+    ]
     assert served_by(gw, "r", messages=image) == "dear"
 
 
@@ -186,8 +211,12 @@ ROUTES = {
     "cheap": {"strategy": "lowest_cost", "models": ["dear", "thrifty", "box"], "max_cost_usd": 0.01},
     "private": {"models": ["box"], "data_residency": "local"},
 }
-SAMPLE = {"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000,
-          "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}
+SAMPLE = {
+    "model": "cheap",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 1000,
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+}
 
 
 def test_explain_endpoint_and_command_show_the_same_decision(make_gateway, tmp_path, capsys):

@@ -10,7 +10,7 @@ from policies.cost import Size, request_size
 from policies.health import ModelHealth
 from policies.loader import PolicyError, parse_policy
 from policies.router import Candidate, plan
-from policies.schema import HedgeConf, ModelConf, Policy, RouteConf, RungConf
+from policies.schema import HedgeConf, Policy, RouteConf, RungConf
 from policies.strategies import MIN_SAMPLES, Facts, hedge_after_s, larger_context, latency_s, order
 from providers.errors import InvalidRequest, NoEligibleRoute
 
@@ -98,7 +98,9 @@ def test_cost_cap_header_narrows_but_never_widens():
     with pytest.raises(InvalidRequest) as info:
         plan(POLICY, "capped", facts=facts(1000, 1000, max_cost_usd=0.001))
     assert info.value.status == 400 and info.value.code == "cost_cap_exceeded"
-    assert "big: estimated cost $0.018000" in info.value.message and "mid: estimated cost $0.002500" in info.value.message
+    assert (
+        "big: estimated cost $0.018000" in info.value.message and "mid: estimated cost $0.002500" in info.value.message
+    )
     assert "cap $0.001" in info.value.message
 
 
@@ -144,7 +146,9 @@ def test_error_rate_stretches_latency():
 def test_exploration_rate_matches_route_explore_and_prefers_unmeasured():
     health = {"big": measured(0.2), "mid": measured(0.4)}  # local unmeasured
     rng = random.Random(7)
-    firsts = [plan(POLICY, "fast", health=health, facts=facts(), rand=rng.random).candidates[0].name for _ in range(20_000)]
+    firsts = [
+        plan(POLICY, "fast", health=health, facts=facts(), rand=rng.random).candidates[0].name for _ in range(20_000)
+    ]
     assert firsts.count("big") / len(firsts) == pytest.approx(0.9, abs=0.01)
     assert firsts.count("local") / len(firsts) == pytest.approx(0.1, abs=0.01)  # exploration goes to the unknown
     assert "mid" not in firsts
@@ -153,7 +157,9 @@ def test_exploration_rate_matches_route_explore_and_prefers_unmeasured():
 def test_exploration_spreads_over_the_others_when_all_are_measured():
     health = {"big": measured(0.2), "mid": measured(0.4), "local": measured(0.6)}
     rng = random.Random(11)
-    firsts = [plan(POLICY, "fast", health=health, facts=facts(), rand=rng.random).candidates[0].name for _ in range(20_000)]
+    firsts = [
+        plan(POLICY, "fast", health=health, facts=facts(), rand=rng.random).candidates[0].name for _ in range(20_000)
+    ]
     assert firsts.count("mid") / len(firsts) == pytest.approx(0.05, abs=0.01)
     assert firsts.count("local") / len(firsts) == pytest.approx(0.05, abs=0.01)
 
@@ -320,10 +326,14 @@ routes: {{r: {{strategy: {strategy}, models: [a]}}}}
 
 
 def test_loader_checks_weights_rungs_caps_and_hedges():
-    assert "`c` is not one of this route's models" in _problems("  r: {strategy: weighted, models: [a, b], weights: {c: 1}}")
+    assert "`c` is not one of this route's models" in _problems(
+        "  r: {strategy: weighted, models: [a, b], weights: {c: 1}}"
+    )
     assert "weights apply only to strategy weighted" in _problems("  r: {models: [a, b], weights: {a: 1}}")
     assert "Expected `float` >= 0" in _problems("  r: {strategy: weighted, models: [a, b], weights: {a: -1}}")
-    assert "a rung orders its models by one of" in _problems("  r: {strategy: priority, rungs: [{models: [a], strategy: cascade}]}")
+    assert "a rung orders its models by one of" in _problems(
+        "  r: {strategy: priority, rungs: [{models: [a], strategy: cascade}]}"
+    )
     assert "`$.routes.r.max_cost_usd`" in _problems("  r: {models: [a], max_cost_usd: -1}")
     assert "hedging needs a second model" in _problems("  r: {models: [a], hedge: {after_s: 1}}")
 
