@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, RetryCallState, stop_never
 from gateway.hedge import race
 from gateway.observe import Observer, notify
 from gateway.runtime import Runtime
+from gateway.store.base import Store
 from gateway.telemetry import tracer, tracing_active
 from policies.health import Outcome
 from policies.retry import Step, next_step
@@ -66,6 +67,8 @@ class Request:
     plan: Plan
     observers: Sequence[Observer] = ()
     """Told the Outcome of every upstream attempt (the state store, metrics)."""
+    guard: Store | None = None
+    """The state store: half-open probe claims and the retry budget (None: neither applies)."""
 
 
 async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
@@ -76,49 +79,88 @@ async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
     After a context-length error only candidates with a larger context window are tried, and only
     when the route has `context_fallback`.
     """
-    candidates = req.plan.candidates
-    counters = [_Counter() for _ in candidates]
-    route = req.runtime.policy.routes.get(req.plan.route)
-    errors: list[GatewayError] = []
-    tried: set[int] = set()
-    too_long: Candidate | None = None  # the last candidate whose context window the request overflowed
-    hedged = False
-
-    def run(index: int) -> Awaitable[R]:
-        tried.add(index)
-        candidate = candidates[index]
-        provider = req.runtime.providers[candidate.model.provider]
-        return _with_retries(req, candidate, provider, attempt, counters[index], index == len(candidates) - 1)
-
-    def answer(index: int, result: R) -> Answer[R]:
-        return Answer(result=result, candidate=candidates[index], attempts=sum(c.n for c in counters), hedged=hedged)
-
-    def go_on(error: GatewayError, index: int) -> bool:
-        """Record a candidate's failure; may the next candidate be tried?"""
-        nonlocal too_long
-        errors.append(error)
-        if isinstance(error, ContextLengthExceeded):
-            too_long = candidates[index]
-            return route is not None and route.context_fallback
-        return getattr(error, "escalade_step", None) != "fail" and time.monotonic() < req.deadline
-
-    for index, candidate in enumerate(candidates):
-        if index in tried or (too_long is not None and not larger_context(candidate, too_long)):
+    run = _Run(req, attempt)
+    hedge_after = req.plan.hedge_after_s
+    for index in range(len(req.plan.candidates)):
+        if not run.worth_trying(index) or not await run.admitted(index):
             continue
-        if index == 0 and req.plan.hedge_after_s is not None and len(candidates) > 1:
-            raced = await race(run(0), lambda: run(1), req.plan.hedge_after_s, _release)
-            hedged = raced.started > 1
+        if index == 0 and hedge_after is not None and len(req.plan.candidates) > 1:
+            raced = await race(run.start(0), run.backup, hedge_after, _release)
+            run.hedged = raced.started > 1
             if raced.winner is not None:
-                return answer(raced.winner, raced.result)  # type: ignore[arg-type]
-            if not all([go_on(error, i) for i, error in raced.errors]):  # record every error
+                return run.answer(raced.winner, raced.result)  # type: ignore[arg-type]
+            if not all([run.failed(i, error) for i, error in raced.errors]):  # record every error
                 break
             continue
         try:
-            return answer(index, await run(index))
+            return run.answer(index, await run.start(index))
         except GatewayError as error:
-            if not go_on(error, index):
+            if not run.failed(index, error):
                 break
-    raise errors[0] if errors else NoEligibleRoute(f"route {req.plan.route} has no deployment to try")
+    raise (
+        run.errors[0]
+        if run.errors
+        else NoEligibleRoute(
+            f"route {req.plan.route} has no deployment to try (half-open circuits are being probed)", retry_after_s=1.0
+        )
+    )
+
+
+class _Run(Generic[R]):
+    """One request's walk through its candidates: attempts counted, errors kept, what is left worth trying."""
+
+    def __init__(self, req: Request, attempt: Attempt[R]) -> None:
+        self.req = req
+        self.attempt = attempt
+        self.candidates = req.plan.candidates
+        self.counters = [_Counter() for _ in self.candidates]
+        self.route = req.runtime.policy.routes.get(req.plan.route)
+        self.errors: list[GatewayError] = []
+        self.tried: set[int] = set()
+        self.too_long: Candidate | None = None
+        """The last candidate whose context window the request overflowed."""
+        self.hedged = False
+
+    def worth_trying(self, index: int) -> bool:
+        """Not tried yet, and (after a context-length error) with a larger context window."""
+        return index not in self.tried and (
+            self.too_long is None or larger_context(self.candidates[index], self.too_long)
+        )
+
+    async def admitted(self, index: int) -> bool:
+        """May this candidate be tried now? A half-open circuit admits one probe at a time."""
+        guard, name = self.req.guard, self.candidates[index].name
+        if guard is not None and guard.half_open(name) and not await guard.claim_probe(name):
+            return False  # its circuit waits for one probe, and another request is it
+        if guard is not None:
+            guard.first_attempt(name)
+        return True
+
+    def start(self, index: int) -> Awaitable[R]:
+        self.tried.add(index)
+        candidate = self.candidates[index]
+        provider = self.req.runtime.providers[candidate.model.provider]
+        is_last = index == len(self.candidates) - 1
+        return _with_retries(self.req, candidate, provider, self.attempt, self.counters[index], is_last)
+
+    async def backup(self) -> R:
+        """The hedge: the second candidate, if the store admits it now."""
+        if not await self.admitted(1):
+            name = self.candidates[1].name
+            raise NoEligibleRoute(f"{name}: its half-open circuit is being probed", retry_after_s=1.0)
+        return await self.start(1)
+
+    def answer(self, index: int, result: R) -> Answer[R]:
+        attempts = sum(c.n for c in self.counters)
+        return Answer(result=result, candidate=self.candidates[index], attempts=attempts, hedged=self.hedged)
+
+    def failed(self, index: int, error: GatewayError) -> bool:
+        """Record a candidate's failure; may the next candidate be tried?"""
+        self.errors.append(error)
+        if isinstance(error, ContextLengthExceeded):
+            self.too_long = self.candidates[index]
+            return self.route is not None and self.route.context_fallback
+        return getattr(error, "escalade_step", None) != "fail" and time.monotonic() < self.req.deadline
 
 
 async def _release(result: Any) -> None:
@@ -150,6 +192,8 @@ async def _with_retries(
             deadline=req.deadline,
             rand=random.random(),  # noqa: S311 - jitter, not cryptography
         )
+        if step.action == "retry" and req.guard is not None:
+            step = _within_budget(step, req.guard, candidate.name)
         error.escalade_step = step.action  # type: ignore[attr-defined]
         return step
 
@@ -199,6 +243,11 @@ async def _with_retries(
     await asyncio.sleep(wait_first)
     retrying = AsyncRetrying(stop=stop_never, wait=wait, retry=decide, reraise=True, sleep=asyncio.sleep)
     return await retrying(one_attempt)
+
+
+def _within_budget(step: Step, guard: Store, deployment: str) -> Step:
+    """A retry the deployment's retry budget cannot pay for becomes a fallback."""
+    return step if guard.allow_retry(deployment) else Step("fallback", reason="retry budget spent")
 
 
 def failed_outcome(route: str, deployment: str, error: GatewayError, started: float) -> Outcome:

@@ -56,7 +56,7 @@ async def race(
                 errors.append((tasks[task], error))
             running = [task for task in tasks if not task.done()]
             if not running:
-                return Raced(winner=None, result=None, started=len(tasks), errors=errors)
+                return Raced(winner=None, result=None, started=len(tasks), errors=sorted(errors, key=lambda e: e[0]))
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
     finally:
         await _stop(tasks, winner, release)
