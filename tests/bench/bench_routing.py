@@ -9,9 +9,10 @@ arrivals and the same per-request draws (common random numbers), so their figure
 oracle knows each model's true latency distribution at every instant and always picks the fastest.
 
 Latency figures reach routing the way they do in the gateway: each answer becomes an `Outcome` when it
-completes (so a slow answer is seen late), an in-memory stats keeper turns Outcomes into a `Health`
-snapshot over the policy's `resilience.latency_window_s`, and the snapshot is republished every
---publish-s seconds.
+completes (so a slow answer is seen late) and goes to the gateway's own in-memory store
+(`gateway.store.memory.MemoryStore`, on the simulated clock), whose statistics cover the policy's
+`resilience.latency_window_s`; the store republishes its `Health` snapshot every
+`state.sync_interval_s` (--publish-s), and routing reads the last one published.
 
     python tests/bench/bench_routing.py                      # the table (a few seconds)
     python tests/bench/bench_routing.py --window 60          # the schema default window
@@ -21,21 +22,22 @@ snapshot over the policy's `resilience.latency_window_s`, and the snapshot is re
 from __future__ import annotations
 
 import argparse
+import asyncio
 import heapq
 import math
 import random
 import statistics
 import sys
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from gateway.store.memory import MemoryStore
 from policies.cost import request_size, usage_cost
-from policies.health import Health, ModelHealth, Outcome
+from policies.health import Health, Outcome
 from policies.loader import parse_policy
 from policies.router import plan
 from policies.schema import Policy
@@ -82,51 +84,9 @@ routes:
   lowest_cost:    {{strategy: lowest_cost, models: [swift, steady, budget]}}
   lowest_latency: {{strategy: lowest_latency, models: [swift, steady, budget], explore: {explore}}}
 resilience: {{latency_window_s: {window}}}
+state: {{sync_interval_s: {sync}}}
 """
 STRATEGIES = ("priority", "weighted", "lowest_cost", "lowest_latency")
-
-
-# ---------------------------------------------------------------- latency statistics from Outcomes
-
-
-class WindowStats:
-    """Outcomes -> Health over the last `window_s` seconds (p50/p95 of TTFT and total, error rate).
-
-    Stand-in for the gateway's state store until it lands: the same inputs (Outcome) and output (Health).
-    """
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._seen: dict[str, deque[Outcome]] = {}
-
-    def observe(self, outcome: Outcome) -> None:
-        self._seen.setdefault(outcome.deployment, deque()).append(outcome)
-
-    def snapshot(self, now: float) -> Health:
-        health: dict[str, ModelHealth] = {}
-        for name, seen in self._seen.items():
-            while seen and seen[0].at < now - self.window_s:
-                seen.popleft()
-            if not seen:
-                continue
-            ok = [o for o in seen if o.ok]
-            ttft = sorted(o.ttft_s for o in ok if o.ttft_s is not None)
-            total = sorted(o.total_s for o in ok if o.total_s is not None)
-            health[name] = ModelHealth(
-                samples=len(seen),
-                ttft_p50_s=_pct(ttft, 0.5),
-                ttft_p95_s=_pct(ttft, 0.95),
-                total_p50_s=_pct(total, 0.5),
-                total_p95_s=_pct(total, 0.95),
-                error_rate=1 - len(ok) / len(seen),
-            )
-        return health
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 # ---------------------------------------------------------------- the simulation
@@ -141,8 +101,8 @@ class Scenario:
     recover_at: float = 80.0
     window_s: float = 5.0
     explore: float = 0.05
-    publish_s: float = 0.1
-    """How often the Health snapshot routing reads is republished."""
+    publish_s: float = 0.5
+    """state.sync_interval_s: how often the store republishes the Health snapshot routing reads."""
     seed: int = 1
 
 
@@ -187,18 +147,27 @@ def arrivals(s: Scenario) -> list[Arrival]:
 
 def simulate(strategy: str, s: Scenario, policy: Policy, requests: list[Arrival]) -> Run:
     """Route every request with the real plan(); feed completions back as Outcomes on the simulated clock."""
+    return asyncio.run(_simulate(strategy, s, policy, requests))
+
+
+async def _simulate(strategy: str, s: Scenario, policy: Policy, requests: list[Arrival]) -> Run:
     rng = random.Random(s.seed * 1_000 + STRATEGIES.index(strategy))
     upstreams = {u.name: u for u in UPSTREAMS}
-    stats = WindowStats(policy.resilience.latency_window_s)
+    clock = _Clock()
+    published: list[Health] = [{}]
+    store = MemoryStore(lambda: policy, published.append, clock)  # the gateway's own in-memory store
     pending: list[tuple[float, int, Outcome]] = []  # completion time -> Outcome
-    health: Health = {}
-    published = -math.inf
+    next_sync = 0.0
     run = Run(strategy)
     for i, req in enumerate(requests):
         while pending and pending[0][0] <= req.t:
-            stats.observe(heapq.heappop(pending)[2])
-        if req.t - published >= s.publish_s:
-            health, published = stats.snapshot(req.t), req.t
+            clock.now, _, outcome = heapq.heappop(pending)
+            store(outcome)
+        clock.now = req.t
+        if req.t >= next_sync:  # the store's background loop republishes every state.sync_interval_s
+            await store.sync()
+            next_sync = req.t + policy.state.sync_interval_s
+        health = published[-1]
         facts = Facts(size=request_size(req.body_bytes, 300))
         decided = plan(policy, strategy, health=health, now=req.t, facts=facts, rand=rng.random)
         name = decided.candidates[0].name
@@ -208,6 +177,16 @@ def simulate(strategy: str, s: Scenario, policy: Policy, requests: list[Arrival]
         heapq.heappush(pending, (done, i, Outcome(strategy, name, ok=True, ttft_s=latency, total_s=latency, at=done)))
         run.picks.append((req.t, name, latency, _cost(policy, name, req), explored and strategy != "weighted"))
     return run
+
+
+class _Clock:
+    """The simulated wall clock the store reads."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def oracle(s: Scenario, policy: Policy, requests: list[Arrival]) -> Run:
@@ -303,7 +282,7 @@ def _secs(value: float | None) -> str:
 
 
 def run_all(s: Scenario, strategies: Iterable[str] = STRATEGIES) -> Report:
-    policy = parse_policy(POLICY_YAML.format(explore=s.explore, window=s.window_s), "bench_routing")
+    policy = parse_policy(POLICY_YAML.format(explore=s.explore, window=s.window_s, sync=s.publish_s), "bench_routing")
     requests = arrivals(s)
     runs = {name: simulate(name, s, policy, requests) for name in strategies}
     runs["oracle"] = oracle(s, policy, requests)
@@ -322,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recover-at", type=float, default=d.recover_at)
     parser.add_argument("--window", type=float, default=d.window_s, help="resilience.latency_window_s")
     parser.add_argument("--explore", type=float, default=d.explore, help="lowest_latency route's explore")
-    parser.add_argument("--publish-s", type=float, default=d.publish_s)
+    parser.add_argument("--publish-s", type=float, default=d.publish_s, help="state.sync_interval_s")
     parser.add_argument("--seed", type=int, default=d.seed)
     args = parser.parse_args(argv)
     scenario = Scenario(

@@ -1,5 +1,6 @@
 """A tiny run of the routing simulation (tests/bench/bench_routing.py): lowest_latency moves traffic off a
-model that degrades, and back once it recovers. Simulated clock: deterministic for the seed, no wall time."""
+model that degrades, and back once it recovers. Real plan() and the real in-memory state store on a simulated
+clock: deterministic for the seed, no wall time."""
 
 from tests.bench.bench_routing import Scenario, run_all
 
