@@ -1,9 +1,9 @@
 """Hedging end to end: a slow first deployment is raced by the next one; the first to produce a token wins
 and the loser's upstream connection is closed (the mock logs `client_closed`)."""
 
-import openai
+import time
 
-from policies.health import ModelHealth
+import openai
 
 MODELS = {
     "slow": {"provider": "mock", "model": "SLOW"},
@@ -97,14 +97,20 @@ def test_both_racers_fail_then_the_third_answers(make_gateway, mock):
 
 
 def test_hedge_delay_comes_from_the_first_models_recent_ttft_p95(make_gateway, mock):
-    gw = hedged_gateway(make_gateway, min_after_s=0.1)
-    mock.script("SLOW", ["ok?latency=3"])
+    gw = make_gateway(
+        models=MODELS,
+        routes={"r": {"models": ["slow", "quick", "spare"], "hedge": {"min_after_s": 0.1}}},
+        state={"sync_interval_s": 0.05},
+    )
+    mock.script("SLOW", ["ok?latency=0.05"] * 3 + ["ok?latency=3"])  # quick three times, then stuck
     mock.script("QUICK", ["ok"])
-    headers, _ = chat(gw)  # no figures yet: no hedge, the slow call is waited out (latency 3 s, headers 2 s)
-    assert "x-escalade-hedged" not in headers
-    mock.reset()
-    mock.script("SLOW", ["ok?latency=3"])
-    mock.script("QUICK", ["ok"])
-    gw.state.health = {"slow": ModelHealth(samples=20, ttft_p50_s=0.1, ttft_p95_s=0.25)}
-    headers, _ = chat(gw)
+    for _ in range(3):
+        headers, _ = chat(gw)  # no figures yet, then p95 ~0.05 s: below min_after_s, never reached
+        assert headers["x-escalade-model"] == "slow" and "x-escalade-hedged" not in headers
+    deadline = time.monotonic() + 5
+    while "slow" not in gw.state.health or gw.state.health["slow"].samples < 3:
+        assert time.monotonic() < deadline, "the store did not publish the samples"
+        time.sleep(0.02)
+    headers, _ = chat(gw)  # now hedged after max(p95, 0.1 s)
     assert headers["x-escalade-model"] == "quick" and headers["x-escalade-hedged"] == "true"
+    assert closed_by_gateway(mock, "SLOW")

@@ -9,7 +9,6 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.explain import explain
-from policies.health import ModelHealth
 
 PROVIDERS = {"mock": {"type": "openai", "base_url": "set-by-test"}}
 MODELS = {
@@ -91,25 +90,40 @@ def test_cost_cap_of_the_route_and_the_header(gateway, mock):
     assert [rec["model"] for rec in mock.records()] == ["THRIFTY"]  # refused requests never left
 
 
-def test_lowest_latency_follows_live_health_and_explores(gateway, mock):
-    gw = gateway(r={"strategy": "lowest_latency", "models": ["dear", "thrifty"], "explore": 0})
-    gw.state.health = {
-        "dear": ModelHealth(samples=50, total_p50_s=2.0, ttft_p50_s=0.9),
-        "thrifty": ModelHealth(samples=50, total_p50_s=0.4, ttft_p50_s=0.3),
-    }
+def test_lowest_latency_measures_explores_and_prefers_the_faster(make_gateway, mock):
+    # both unmeasured at first: route order sends traffic to dear; exploration gets thrifty measured
+    gw = make_gateway(
+        models=MODELS,
+        routes={"r": {"strategy": "lowest_latency", "models": ["dear", "thrifty"], "explore": 0.5}},
+        state={"sync_interval_s": 0.05},
+    )
+    mock.script("DEAR", ["ok?latency=0.2"])
+    mock.script("THRIFTY", ["ok"])
+    for _ in range(40):  # P(thrifty never explored) = 0.5**40
+        served_by(gw, "r")
+        health = gw.state.health
+        if all(name in health and health[name].samples >= 3 for name in ("dear", "thrifty")):
+            break
+    assert gw.state.health["dear"].samples >= 3 and gw.state.health["thrifty"].samples >= 3
+    body = json.dumps({"model": "r", "messages": user()})
+    explained = httpx.post(f"{gw.admin_url}/admin/route/explain", content=body, timeout=10).json()
+    ranked = {c["deployment"]: c["estimated_latency_s"] for c in explained["candidates"]}
+    assert list(ranked) == ["thrifty", "dear"]  # the measured order, exploration aside
+    assert ranked["dear"] > 0.15 > ranked["thrifty"]  # the store bins latencies (about 5 % wide)
+
+
+def test_lowest_latency_skips_an_open_circuit(make_gateway, mock):
+    gw = make_gateway(
+        models=MODELS,
+        routes={"r": {"strategy": "lowest_latency", "models": ["dear", "thrifty"], "explore": 0}},
+        resilience={"breaker": {"consecutive_failures": 1, "open_s": 30}},
+        retries={"attempts": 1},
+        state={"sync_interval_s": 0.05},
+    )
+    mock.script("DEAR", ["fault:503"])
+    assert served_by(gw, "r") == "thrifty"  # dear failed, thrifty answered; dear's circuit opened
     assert served_by(gw, "r") == "thrifty"
-    gw.state.health = {
-        "dear": ModelHealth(samples=50, total_p50_s=0.2, ttft_p50_s=0.1),
-        "thrifty": ModelHealth(samples=50, total_p50_s=0.4, ttft_p50_s=0.3),
-    }
-    assert served_by(gw, "r") == "dear"
-
-
-def test_lowest_latency_explores_the_unmeasured(gateway, mock):
-    gw = gateway(r={"strategy": "lowest_latency", "models": ["dear", "thrifty"], "explore": 0.5})
-    gw.state.health = {"dear": ModelHealth(samples=50, total_p50_s=0.2, ttft_p50_s=0.1)}
-    seen = {served_by(gw, "r") for _ in range(30)}  # P(thrifty never explored) = 0.5**30
-    assert seen == {"dear", "thrifty"}
+    assert [rec["model"] for rec in mock.records()] == ["DEAR", "THRIFTY", "THRIFTY"]
 
 
 def test_weighted_splits_and_weight_zero_only_backs_up(gateway, mock):
