@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import random
 import re
 import secrets
 import time
@@ -18,6 +19,7 @@ from gateway.auth import Principal, authenticate, authorize_route
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
 from gateway.errors import ClientDisconnected
+from gateway.facts import MAX_COST_HEADER, request_facts
 from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
@@ -85,7 +87,9 @@ async def _prepare(
     check_caps(inbound.typed, server)
     route = inbound.typed.model
     authorize_route(principal, route, runtime)
-    the_plan: Plan = plan(runtime.policy, route, state.signals, needs(inbound.typed), state.health, time.time())
+    facts = request_facts(len(body), inbound.typed, request.headers.get(MAX_COST_HEADER))
+    needed = needs(inbound.typed)
+    the_plan: Plan = plan(runtime.policy, route, state.signals, needed, state.health, time.time(), facts, random.random)
     deadline = time.monotonic() + runtime.policy.timeouts.total_s
     return Prepared(
         state=state,
@@ -122,6 +126,8 @@ def _headers(prep: Prepared, answer: Answer[Any], cost: float | None = None) -> 
     }
     if cost is not None:
         headers["x-escalade-cost-usd"] = f"{cost:.8f}"
+    if answer.hedged:
+        headers["x-escalade-hedged"] = "true"
     return headers
 
 
