@@ -171,12 +171,14 @@ def in_build_context(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bo
 
 # ---------------------------------------------------------------- PromQL
 
-_FUNCTIONS_AND_KEYWORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group",
-    "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "clamp_min", "clamp_max", "abs",
-    "sum_over_time", "avg_over_time", "max_over_time", "min_over_time", "label_values", "vector", "scalar", "time",
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset",
-}
+_FUNCTIONS_AND_KEYWORDS = frozenset(
+    """
+    sum min max avg count stddev stdvar topk bottomk quantile count_values group rate irate increase
+    delta idelta deriv histogram_quantile clamp_min clamp_max abs sum_over_time avg_over_time
+    max_over_time min_over_time label_values vector scalar time by without on ignoring group_left
+    group_right bool and or unless offset
+    """.split()  # noqa: SIM905 - a word list reads better than 41 quoted lines
+)
 
 
 @dataclass

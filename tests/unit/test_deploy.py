@@ -233,10 +233,18 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_secret()
     for source in sources:
         path = ROOT / source
         assert path.exists(), source
-        files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+        files = (
+            [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+        )
         for f in files:
             assert in_build_context(str(f.relative_to(ROOT)), rules), f"{f} is excluded by .dockerignore"
-    for kept_out in (".git/config", "tests/conftest.py", ".env", "deploy/.env", "gateway/__pycache__/app.cpython-311.pyc"):
+    for kept_out in (
+        ".git/config",
+        "tests/conftest.py",
+        ".env",
+        "deploy/.env",
+        "gateway/__pycache__/app.cpython-311.pyc",
+    ):
         assert not in_build_context(kept_out, rules), kept_out
 
 
@@ -468,14 +476,18 @@ def configmap_policy(objects: dict[tuple[str, str], dict[str, Any]], gw: dict[st
 
 def test_kustomization_lists_every_manifest_and_renders() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
     kinds = {kind for kind, _ in k8s_objects()}
     expected = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "StatefulSet"}
     assert expected | {"PersistentVolumeClaim"} <= kinds
     assert "Secret" not in kinds, "secrets are created by the operator, never shipped"
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed: rendering with kustomize not checked")
-    rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True)
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True
+    )
     docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
     assert {(d["kind"], d["metadata"]["name"]) for d in docs} == set(k8s_objects())
     assert all(d["metadata"].get("namespace") == kustomization["namespace"] for d in docs if d["kind"] != "Namespace")
@@ -531,7 +543,9 @@ def test_k8s_services_hpa_and_pdb_select_the_gateway_pods() -> None:
     labels = gw["spec"]["template"]["metadata"]["labels"]
     assert gw["spec"]["selector"]["matchLabels"].items() <= labels.items()
     names = {p["name"] for p in container(gw)["ports"]}
-    gateway_services = [o for (k, _), o in objects.items() if k == "Service" and o["spec"]["selector"].items() <= labels.items()]
+    gateway_services = [
+        o for (k, _), o in objects.items() if k == "Service" and o["spec"]["selector"].items() <= labels.items()
+    ]
     assert gateway_services
     assert {p["targetPort"] for s in gateway_services for p in s["spec"]["ports"]} == names
     hpa = objects[("HorizontalPodAutoscaler", "escalade")]
@@ -549,8 +563,10 @@ def test_k8s_vllm_runs_the_production_engine_command_behind_the_service_the_poli
     [service_port] = service["spec"]["ports"]
     assert service_port["port"] == port
     [deployment] = [
-        o for (k, _), o in objects.items()
-        if k == "Deployment" and service["spec"]["selector"].items() <= o["spec"]["template"]["metadata"]["labels"].items()
+        o
+        for (k, _), o in objects.items()
+        if k == "Deployment"
+        and service["spec"]["selector"].items() <= o["spec"]["template"]["metadata"]["labels"].items()
     ]
     c = container(deployment)
     assert c["image"].startswith("vllm/vllm-openai:")
@@ -599,7 +615,9 @@ def test_no_literal_secret_in_deploy() -> None:
         for doc in load_yaml_docs(manifest):
             for env in _all_env(doc):
                 if SECRET_NAME.search(env["name"]):
-                    assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), f"{manifest}: {env['name']}"
+                    assert "value" not in env and "secretKeyRef" in env.get("valueFrom", {}), (
+                        f"{manifest}: {env['name']}"
+                    )
 
 
 def _all_env(node: Any) -> list[dict[str, Any]]:
