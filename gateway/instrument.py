@@ -131,9 +131,7 @@ def _close(rec: RequestRecord, status: int, scope: Any, token: object) -> None:
     if rec.error_type is None and status >= 400:
         rec.error_type = f"http_{status}"
     if rec.metrics is not None:
-        rec.metrics.request_done(
-            rec.route, rec.deployment, status, duration, rec.stream, rec.error_type, rec.ttft_s
-        )
+        rec.metrics.request_done(rec.route, rec.deployment, status, duration, rec.stream, rec.error_type, rec.ttft_s)
     if request_log.isEnabledFor(_INFO):
         log_request(
             {
@@ -362,8 +360,12 @@ def attempt_span(
     return AttemptScope(req, candidate.name, span, token)
 
 
-def note_retry(req: "Dispatch", candidate: "Candidate", step: "Step", attempt: int) -> None:
-    """Dispatch retries `candidate` after `step.wait_s`: count it, and show the backoff on the trace."""
+def note_retry(req: "Dispatch", candidate: "Candidate", step: "Step", attempt: int, counter: Any) -> None:
+    """After a failed attempt: when the step is a retry of `candidate` (after `step.wait_s`), count it, show
+    the backoff on the trace, and remember the reason for the next attempt's span (`counter.retry_reason`)."""
+    if step.action != "retry":
+        return
+    counter.retry_reason = step.reason
     rec = req.record
     if rec is None:
         return
@@ -467,6 +469,15 @@ def stream_ended(
     if span is not None:
         stream.span = None
         _end_stream_span(span, usage, cost, failure, completed, watch)
+
+
+def abandoned(stream: "Committed[Any]") -> None:
+    """A stream dropped at its commit point (a hedge's loser that got there too): end its span."""
+    span = stream.span
+    if span is not None:
+        stream.span = None
+        span.set_attribute("escalade.hedge.lost", True)
+        span.end()
 
 
 def _end_stream_span(

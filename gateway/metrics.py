@@ -92,10 +92,25 @@ class GatewayMetrics:
         self.backend_health: dict[str, bool] = {}
         """State backend -> healthy, as its keeper last reported (see `set_backend_health`)."""
 
+        self.families: list[tuple[str, str, str]] = []
+        """(Prometheus name, type, help) of every instrument: /metrics lists a family before its first sample."""
+
         def counter(name: str, unit: str, description: str, *labels: str) -> Tally:
             tally = Tally(*labels)
             meter.create_observable_counter(name, callbacks=[tally.observe], unit=unit, description=description)
+            self.families.append((prometheus_name(name, unit, True), "counter", description))
             return tally
+
+        def histogram(name: str, description: str, *labels: str) -> _Histogram:
+            instrument = meter.create_histogram(
+                name, unit="s", explicit_bucket_boundaries_advisory=SECONDS, description=description
+            )
+            self.families.append((prometheus_name(name, "s", False), "histogram", description))
+            return _Histogram(instrument, *labels)
+
+        def gauge(name: str, unit: str, description: str, callback: Any) -> None:
+            meter.create_observable_gauge(name, callbacks=[callback], unit=unit, description=description)
+            self.families.append((prometheus_name(name, unit, False), "gauge", description))
 
         self.requests = counter(
             "escalade.requests", "{request}", "Requests by route, deployment that answered and HTTP status.",
@@ -129,35 +144,26 @@ class GatewayMetrics:
             "escalade.gate.decisions", "{decision}", "Confidence gate decisions by rung (pass or fail).",
             "route", "rung", "result",
         )  # fmt: skip
-        self.duration = _Histogram(
-            meter.create_histogram(
-                "escalade.request.duration", unit="s", explicit_bucket_boundaries_advisory=SECONDS,
-                description="Request duration until the last byte (streams: until the stream ends).",
-            ),
+        self.duration = histogram(
+            "escalade.request.duration", "Request duration until the last byte (streams: until the stream ends).",
             "route", "model", "stream",
         )  # fmt: skip
-        self.ttft = _Histogram(
-            meter.create_histogram(
-                "escalade.ttft", unit="s", explicit_bucket_boundaries_advisory=SECONDS,
-                description="Streaming requests: time from the request to the commit point (first content).",
-            ),
+        self.ttft = histogram(
+            "escalade.ttft", "Streaming requests: time from the request to the commit point (first content).",
             "route", "model",
         )  # fmt: skip
-        meter.create_observable_gauge(
-            "escalade.circuit.state", callbacks=[self._circuits], description="Circuit per deployment: "
-            "0 closed, 1 half_open, 2 open.",
+        gauge("escalade.circuit.state", "", "Circuit per deployment: 0 closed, 1 half_open, 2 open.", self._circuits)
+        gauge(
+            "escalade.engine.queue_depth", "{request}",
+            "Requests waiting in a local engine's queue (vLLM num_requests_waiting).", self._queue_depth,
         )  # fmt: skip
-        meter.create_observable_gauge(
-            "escalade.engine.queue_depth", callbacks=[self._queue_depth], unit="{request}",
-            description="Requests waiting in a local engine's queue (vLLM num_requests_waiting).",
+        gauge(
+            "escalade.engine.running_requests", "{request}",
+            "Requests a local engine is running (vLLM num_requests_running).", self._running,
         )  # fmt: skip
-        meter.create_observable_gauge(
-            "escalade.engine.running_requests", callbacks=[self._running], unit="{request}",
-            description="Requests a local engine is running (vLLM num_requests_running).",
-        )  # fmt: skip
-        meter.create_observable_gauge(
-            "escalade.state_backend.healthy", callbacks=[self._backend],
-            description="1 when the state backend (memory, redis) answers, 0 when it does not.",
+        gauge(
+            "escalade.state_backend.healthy", "",
+            "1 when the state backend (memory, redis) answers, 0 when it does not.", self._backend,
         )  # fmt: skip
 
     # ------------------------------------------------------------ recording
@@ -250,7 +256,7 @@ class GatewayMetrics:
 
     def render(self) -> str:
         """Everything in Prometheus text exposition format 0.0.4."""
-        return prometheus_text(self.collect())
+        return prometheus_text(self.collect(), self.families)
 
     def shutdown(self) -> None:
         self.provider.shutdown()
@@ -334,12 +340,19 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def prometheus_text(data: MetricsData | None) -> str:
+def prometheus_text(data: MetricsData | None, families: Sequence[tuple[str, str, str]] = ()) -> str:
+    """The collected metrics; then HELP and TYPE of each of `families` (name, type, help) that has no sample
+    yet, so a dashboard sees every family from the first scrape."""
     lines: list[str] = []
     for resource_metrics in data.resource_metrics if data else ():
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 _render_metric(metric, lines)
+    shown = {line.split(" ")[2] for line in lines if line.startswith("# TYPE ")}
+    for name, kind, description in families:
+        if name not in shown:
+            lines.append(f"# HELP {name} {description}")
+            lines.append(f"# TYPE {name} {kind}")
     return "\n".join(lines) + "\n" if lines else ""
 
 

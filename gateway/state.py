@@ -3,7 +3,7 @@
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.observe import Observer
 from gateway.runtime import Runtime
@@ -49,6 +49,10 @@ class GatewayState:
     """Told the Outcome of every upstream attempt and of every committed stream's end."""
     metrics: "GatewayMetrics | None" = None
     """The gateway's metrics (/metrics on the admin listener); set by the Gateway, None in bare tests."""
+    store: Any = None
+    """The live state store (gateway.store.Store): health snapshot keeper, probe claims, retry budget, spend."""
+    keeper: Any = None
+    """gateway.store.keeper.StoreKeeper: owns `store` (rebuilds it when a reload changes `state:`)."""
 
     def engine_changed(self, status: EngineStatus) -> None:
         """Supervisor callback: publish the engine's new state to routing."""

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from gateway.auth import Principal, authenticate, authorize_route
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
 from gateway.errors import ClientDisconnected
+from gateway.facts import MAX_COST_HEADER, request_facts
 from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
+from gateway.store.admission import admit, settle
 from policies.cost import usage_cost
 from policies.health import Outcome
 from policies.router import Candidate, Plan, plan, routes_for_key
@@ -69,6 +72,7 @@ async def _prepare(
     state = gateway_state(request)
     runtime = state.runtime  # read once: this request lives under this policy version
     principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
+    await admit(state, principal.name)
     server = runtime.policy.server
     body = await read_body(request.stream(), request.headers.get("content-length"), server.max_request_bytes)
     inbound = decode_inbound(body, decode)
@@ -77,11 +81,13 @@ async def _prepare(
     record = instrument.record_of(request.scope)
     instrument.note_route(record, route, runtime.policy, inbound)
     authorize_route(principal, route, runtime)
+    facts = request_facts(len(body), inbound.typed, request.headers.get(MAX_COST_HEADER))
+    needed = needs(inbound.typed)
     the_plan: Plan = instrument.planned(
         record,
         route,
         runtime.version,
-        lambda: plan(runtime.policy, route, state.signals, needs(inbound.typed), state.health, time.time()),
+        lambda: plan(runtime.policy, route, state.signals, needed, state.health, time.time(), facts, random.random),
     )
     deadline = time.monotonic() + runtime.policy.timeouts.total_s
     return Prepared(
@@ -95,6 +101,7 @@ async def _prepare(
             runtime=runtime,
             plan=the_plan,
             observers=state.observers,
+            guard=state.store,
             record=record,
         ),
     )
@@ -111,6 +118,8 @@ def _headers(prep: Prepared, answer: Answer[Any], cost: float | None = None) -> 
     }
     if cost is not None:
         headers["x-escalade-cost-usd"] = f"{cost:.8f}"
+    if answer.hedged:
+        headers["x-escalade-hedged"] = "true"
     return headers
 
 
@@ -172,6 +181,7 @@ async def _unary(
     answer = await _until_disconnect(request, work)
     usage = answer.result.usage
     cost = usage_cost(answer.candidate.model.price, usage) if priced else None
+    settle(prep.state, prep.principal.name, cost, usage)
     instrument.answered(prep.dispatch.record, answer.candidate.name, answer.attempts, usage, cost)
     return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
 
@@ -268,9 +278,9 @@ async def _sse_body(
             await aclose()
         if prep.dispatch.observers:
             notify(prep.dispatch.observers, _stream_end(prep, candidate.name, committed.started, usage, failure))
-        instrument.stream_ended(
-            prep.dispatch.record, committed, candidate.model.price, usage, failure, completed, watch
-        )
+        price = candidate.model.price
+        settle(prep.state, prep.principal.name, usage_cost(price, usage), usage)
+        instrument.stream_ended(prep.dispatch.record, committed, price, usage, failure, completed, watch)
 
 
 def _stream_end(prep: Prepared, deployment: str, started: float, usage: Any, failure: GatewayError | None) -> Outcome:

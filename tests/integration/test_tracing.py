@@ -277,3 +277,16 @@ def test_an_unsampled_request_makes_no_span_but_still_passes_the_trace_on(make_g
     assert spans.get_finished_spans() == ()
     [sent] = [r["headers"].get("traceparent") for r in mock.records()]
     assert sent.startswith(f"00-{trace_id}-") and sent.endswith("-00")
+
+
+def test_a_circuit_that_opens_shows_as_an_event_on_the_failing_attempt(make_gateway, mock, spans):
+    gw = make_gateway(FALLBACK, resilience={"breaker": {"consecutive_failures": 2, "open_s": 30}})
+    mock.script("PRIMARY", ["fault:status?code=503"])
+    spans.clear()
+    _client(gw).chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+    clients = by_kind(finished(spans), trace.SpanKind.CLIENT)
+    events = [(s.attributes["escalade.attempt"], e) for s in clients for e in s.events if e.name == "escalade.circuit"]
+    [(attempt, event)] = events  # the second consecutive failure opens primary's circuit
+    assert attempt == 2
+    assert event.attributes["escalade.deployment"] == "primary"
+    assert (event.attributes["escalade.circuit.from"], event.attributes["escalade.circuit.to"]) == ("closed", "open")
