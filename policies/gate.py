@@ -306,6 +306,8 @@ def score(features: Mapping[str, float]) -> float | None:
     0.5 + log10(odds) / 14, clipped, so 0.5 is even odds and each factor of ten in the odds (one more
     "nine" of probability) adds 1/14 (about 0.071): p = 0.9 scores 0.57, 0.999 0.71, 0.99999 0.86.
     Unlike p itself, this keeps resolution where confident models differ (p = 0.9999 vs 0.999999).
+    Since p2 <= 1 - p1, the margin is never below the log-odds: top_logprobs can only raise a score,
+    so a route is calibrated with the same logprobs/top_logprobs settings it runs with.
     The number is a ranking: `escalade calibrate` picks the min_score that meets a quality target.
     """
     if "q10_logprob" not in features:

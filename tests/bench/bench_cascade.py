@@ -190,7 +190,9 @@ def replay_pair(
         cal = [records[j] for j in order[:cut]]
         test = [records[j] for j in order[cut:]]
         fit = fit_threshold(cal, target, bootstrap=bootstrap, confidence=confidence, seed=seed + i)
-        results.append(SplitResult(fit.threshold, evaluate(cal, fit.threshold), evaluate(test, fit.threshold), fit.loss_upper))
+        results.append(
+            SplitResult(fit.threshold, evaluate(cal, fit.threshold), evaluate(test, fit.threshold), fit.loss_upper)
+        )
     wrong = [r for r, q in zip(records, queries, strict=True) if not q.small_ok]
     return Result(
         dataset=dataset,
