@@ -134,6 +134,10 @@ def report(route: str, fit: Fit, seed: int) -> str:
         f"  escalation    {fit.escalation_rate:.1%} of requests",
         f"  cost          {cost}",
         f"  quality loss  {100 * fit.loss:.2f} pp estimated, <= {100 * fit.loss_upper:.2f} pp at {conf}",
+    ]
+    if fit.cost_rel is not None and fit.cost_rel >= 1:
+        lines.append("  note          the cascade costs more than sending every request to the last rung")
+    lines += [
         "",
         "policy snippet:",
         "routes:",

@@ -261,8 +261,7 @@ def curve_table(result: Result, rates: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.
         "| escalated | min_score | accuracy | loss vs always-large, pp | cost vs always-large |",
         "|---|---|---|---|---|",
     ]
-    for rate in rates:
-        p = min(result.curve, key=lambda p: abs(p.escalation_rate - rate))
+    for p in dict.fromkeys(min(result.curve, key=lambda p: abs(p.escalation_rate - rate)) for rate in rates):
         threshold = "-" if p.threshold is None else f"{p.threshold:g}"
         lines.append(
             f"| {_pct(p.escalation_rate)} | {threshold} | {result.acc_large - p.loss:.3f} | {_pp(p.loss)} | "
