@@ -111,7 +111,12 @@ def _margin(entry: TokenLogprob) -> float | None:
     tops = entry.top_logprobs
     if len(tops) < 2:
         return None
-    first, second = sorted((t.logprob for t in tops), reverse=True)[:2]
+    first = second = -math.inf
+    for top in tops:
+        if top.logprob > first:
+            first, second = top.logprob, first
+        elif top.logprob > second:
+            second = top.logprob
     return first - second
 
 
@@ -122,13 +127,14 @@ def _scored(entries: Sequence[TokenLogprob]) -> tuple[tuple[float, ...], tuple[f
     return tuple(e.logprob for e in kept), tuple(_margin(e) for e in kept)
 
 
-def _after_reasoning(entries: Sequence[TokenLogprob], reasoning: str) -> Sequence[TokenLogprob]:
+def _after_reasoning(entries: Sequence[TokenLogprob], reasoning: str, answer: str) -> Sequence[TokenLogprob]:
     """Drop the leading entries whose joined text holds `reasoning` (and a closing think marker).
 
     vLLM may report logprobs for the whole generation, reasoning included; providers that report
-    answer tokens only leave the entries unchanged (the reasoning is not found at their start)."""
+    answer tokens only leave the entries unchanged (too little text to hold both, or the reasoning
+    is not found at their start)."""
     wanted = reasoning.strip()
-    if not wanted or not entries:
+    if not wanted or sum(len(e.token) for e in entries) < len(wanted) + len(answer.strip()):
         return entries
     tokens, ends, size = [], [], 0
     for entry in entries:
@@ -171,7 +177,7 @@ def sample_of(choice: Choice, *, reasoning: str | None = None) -> Sample:
     if reasoning is None:
         reasoning = message.reasoning_content or message.reasoning or None
     if reasoning:
-        entries = _after_reasoning(entries, reasoning)
+        entries = _after_reasoning(entries, reasoning, message.content or "")
     logprobs, margins = _scored(entries)
     return Sample(
         content=message.content or "",
@@ -282,7 +288,7 @@ def features(logprobs: Iterable[float], margins: Iterable[float | None]) -> dict
         "q10_logprob": _low(lps),
         "low_prob_share": sum(x < LOW_PROB for x in lps) / len(lps),
     }
-    ms = [max(0.0, _finite(m)) for m in margins if m is not None]
+    ms = [min(-LOGPROB_FLOOR, max(0.0, m)) if not math.isnan(m) else 0.0 for m in margins if m is not None]
     if ms:
         out |= {"first_margin": ms[0], "mean_margin": sum(ms) / len(ms), "min_margin": min(ms), "q10_margin": _low(ms)}
     return out

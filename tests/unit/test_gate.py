@@ -134,6 +134,7 @@ def test_features_are_finite_json():
     feats = features((-math.inf, -0.5, 0.0), (None, 2.0, math.inf))
     assert all(math.isfinite(v) for v in feats.values())
     assert feats["tokens"] == 3 and feats["min_logprob"] == gate.LOGPROB_FLOOR
+    assert feats["q10_margin"] == 2.0 and features((-0.1,), (math.inf,))["q10_margin"] == -gate.LOGPROB_FLOOR
     msgspec.json.encode(feats)
 
 
@@ -304,3 +305,10 @@ def test_invalid_gate_confs_are_refused_with_their_path(gate_yaml, message):
 def test_a_valid_gate_conf_loads():
     policy = parse_policy(POLICY % "      checks: [truncated, refusal]\n      min_score: 0.62\n      hold: prefix")
     assert policy.routes["r"].gate == GateConf(checks=["truncated", "refusal"], min_score=0.62, hold="prefix")
+
+
+def test_an_answer_that_starts_like_its_reasoning_keeps_its_tokens():
+    choice = _choice(
+        "Yes, it is.", [("Yes", -0.3), (",", -0.1), (" it", -0.1), (" is", -0.2), (".", -0.1)], reasoning="Yes"
+    )
+    assert sample_of(choice).logprobs == (-0.3, -0.1, -0.2)
