@@ -132,10 +132,6 @@ class ShadowConf(Conf):
     log: str | None = None
     """JSONL file the pairs are appended to."""
 
-    def __post_init__(self) -> None:
-        if self.rate > 0 and not self.log:
-            raise ValueError("shadow.rate is set but shadow.log is not: name the JSONL file to append to")
-
 
 class GateConf(Conf):
     """What a cascade rung's answer must pass to be returned instead of escalating (docs/cascade-gate.md)."""

@@ -164,3 +164,12 @@ def test_same_seed_same_fit():
 def test_confidence_must_be_a_probability():
     with pytest.raises(ValueError, match="confidence"):
         fit_threshold([], 0.01, confidence=1.0)
+
+
+def test_log_lines_may_carry_more_than_a_record():
+    """The cascade appends the prompt and both answers under `content` when the route records content."""
+    import msgspec
+
+    line = b'{"route": "r", "score": 0.7, "agree": true, "content": {"prompt": [], "small": "a", "large": "a"}}'
+    record = msgspec.json.decode(line, type=CalibrationRecord)
+    assert record.loss_if_accepted() == 0 and record.weight == 1.0

@@ -291,7 +291,6 @@ routes:
         ("      answer_format: '[A-D]'", "check and the answer_format regex go together"),
         ("      checks: [answer_format]\n      answer_format: '(A'", "answer_format is not a valid regular expression"),
         ("      refusal_patterns: ['ok', '[x']", "refusal_patterns[1] is not a valid regular expression"),
-        ("      shadow: {rate: 0.05}", "shadow.log is not"),
         ("      checks: [truncatd]", "Invalid enum value 'truncatd'"),
         ("      min_score: 1.5", "Expected `float` <= 1"),
     ],
