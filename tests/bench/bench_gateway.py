@@ -488,7 +488,11 @@ class Bench:
         return [p for g in self.gateways for p in g.pids()]
 
     def mock_pids(self) -> list[int]:
-        return tree(self.mock.pid) if self.mock and self.mock.poll() is None else []
+        """The load side's servers on the load core: the mock, and the OTLP sink when one runs."""
+        pids = tree(self.mock.pid) if self.mock and self.mock.poll() is None else []
+        if self.sink is not None and self.sink.poll() is None:
+            pids += tree(self.sink.pid)
+        return pids
 
     def taskset(self, core: int) -> list[str]:
         return ["taskset", "-c", str(core)] if shutil.which("taskset") else []
