@@ -308,10 +308,23 @@ async def read_capped(response: httpx.Response) -> bytes:
 async def post_for_body(
     client: httpx.AsyncClient, path: str, body: bytes, call: Call, *, provider: str, error_for: ErrorFor
 ) -> bytes:
-    """A non-streaming POST bounded by the request deadline: the 200 body, or the provider's error."""
+    """A non-streaming POST bounded by the request deadline: the 200 body, or the provider's error.
+
+    No response at all within the idle timeout is UpstreamSilent, as for a stream's headers: the
+    next deployment is tried, not the same one again (it would likely stay silent as long).
+    """
+    request = client.build_request("POST", path, content=body, headers=call.headers)
     try:
         async with asyncio.timeout_at(loop_deadline(call.deadline)):
-            response = await client.post(path, content=body, headers=call.headers)
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.ReadTimeout:
+                message = f"{provider}: no response within {call.timeouts.idle_s:g}s"
+                raise UpstreamSilent(message, provider=provider) from None
+            try:
+                content = await response.aread()
+            finally:
+                await response.aclose()
     except TimeoutError:
         raise UpstreamTimeout(
             f"{provider}: no complete answer before the request deadline", provider=provider
@@ -319,8 +332,8 @@ async def post_for_body(
     except httpx.HTTPError as exc:
         raise error_from_transport(exc, provider=provider) from None
     if response.status_code != 200:
-        raise _non_200(response.status_code, response.headers, response.content, provider, error_for)
-    return response.content
+        raise _non_200(response.status_code, response.headers, content, provider, error_for)
+    return content
 
 
 @contextlib.asynccontextmanager

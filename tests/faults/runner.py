@@ -243,9 +243,7 @@ def _request(scenario: Scenario, mode: Mode, gateway: GatewayThread) -> Seen:
     seen = Seen()
     started = time.monotonic()
     try:
-        raw = client.chat.completions.with_raw_response.create(
-            model="auto", messages=PROMPT, stream=mode == "stream"
-        )
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=PROMPT, stream=mode == "stream")
         seen.headers = dict(raw.headers)
         if mode == "unary":
             answer = raw.parse()
@@ -362,8 +360,10 @@ def _check_trace(expect: Expect, seen: Seen, scenario: Scenario) -> list[str]:
         if got != expect.spans:
             failures.append(f"attempt spans {list(got)}, expected {list(expect.spans)}")
     dumped = json.dumps(
-        [{**dict(s.attributes or {}), "events": [dict(e.attributes or {}) for e in s.events]}
-         for s in (*seen.server_spans, *seen.attempt_spans)],
+        [
+            {**dict(s.attributes or {}), "events": [dict(e.attributes or {}) for e in s.events]}
+            for s in (*seen.server_spans, *seen.attempt_spans)
+        ],
         default=str,
     )
     if any(secret in dumped for secret in (*SECRETS, CLIENT_KEY)):

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .server import _frame, _head, _Json, _Sse
 
@@ -30,8 +31,19 @@ if TYPE_CHECKING:
 _ENDLESS_LENGTH = 1 << 30
 
 
-def _trickle(srv: MockUpstream, conn: _Conn, rec: dict, sc: Scenario, route: Callable, body: dict, stream: bool,
-             ka: bool, rid: str, headers: dict, dialect: Dialect) -> None:
+def _trickle(
+    srv: MockUpstream,
+    conn: _Conn,
+    rec: dict,
+    sc: Scenario,
+    route: Callable,
+    body: dict,
+    stream: bool,
+    ka: bool,
+    rid: str,
+    headers: dict,
+    dialect: Dialect,
+) -> None:
     plan = route(body, sc, stream, rec)
     if isinstance(plan, _Json) and plan.status != 200:
         srv._finish_json(conn, rec, plan, ka, rid, "error")
@@ -63,8 +75,19 @@ async def _send_forever(conn: _Conn, first: bytes, unit: bytes, size: int, inter
         await conn.drain()
 
 
-def _outage(srv: MockUpstream, conn: _Conn, rec: dict, sc: Scenario, route: Callable, body: dict, stream: bool,
-            ka: bool, rid: str, headers: dict, dialect: Dialect) -> None:
+def _outage(
+    srv: MockUpstream,
+    conn: _Conn,
+    rec: dict,
+    sc: Scenario,
+    route: Callable,
+    body: dict,
+    stream: bool,
+    ka: bool,
+    rid: str,
+    headers: dict,
+    dialect: Dialect,
+) -> None:
     if time.monotonic() < sc.num("until"):
         plan = dialect.status_error(sc.int("code", 503), sc, rec["path"])
         srv._finish_json(conn, rec, plan, ka, rid, "fault:outage")
@@ -79,4 +102,3 @@ def _outage(srv: MockUpstream, conn: _Conn, rec: dict, sc: Scenario, route: Call
 def register(srv: MockUpstream) -> None:
     srv.add_fault("trickle", _trickle)
     srv.add_fault("outage", _outage)
-
