@@ -334,6 +334,15 @@ def check(expect: Expect, mode: Mode, seen: Seen, scenario: Scenario) -> list[st
             fail(f"status {getattr(error, 'status_code', None)}, expected {expect.status}")
     if expect.says is not None and (error is None or expect.says not in str(getattr(error, "message", error))):
         fail(f"error message should contain {expect.says!r}; client saw {describe(seen)}")
+    for name in ("code", "type"):
+        wanted = getattr(expect, name)
+        if wanted is not None and getattr(error, name, None) != wanted:
+            fail(f"error {name} {getattr(error, name, None)!r}, expected {wanted!r}")
+    if expect.retry_after is not None:
+        response = getattr(error, "response", None)
+        got = response.headers.get("retry-after") if response is not None else None
+        if got != expect.retry_after:
+            fail(f"Retry-After {got!r} on the error, expected {expect.retry_after!r}")
     if expect.answer is None and expect.error is None:
         fail("scenario expects neither an answer nor an error")
 
@@ -341,6 +350,8 @@ def check(expect: Expect, mode: Mode, seen: Seen, scenario: Scenario) -> list[st
     for secret in SECRETS:
         if secret.encode() in visible:
             fail(f"a secret reached the client: {secret[:12]}...")
+    if b"{not json" in visible:
+        fail("the upstream's garbage was forwarded to the client")
 
     failures += _check_trace(expect, seen, scenario)
     failures += _check_upstream(expect, seen)
@@ -378,6 +389,13 @@ def _check_upstream(expect: Expect, seen: Seen) -> list[str]:
         if got != count:
             failures.append(f"{name} received {got} request(s), expected {count}")
     primary = seen.records.get("primary", [])
+    backup = seen.records.get("backup", [])
+    sent = {r["headers"].get("authorization") for r in primary + backup}
+    if sent - {f"Bearer {PROVIDER_KEY}"}:
+        failures.append(f"the upstream did not get escalade's provider key: {sent}")
+    if expect.fallback_by_s is not None and primary and backup:
+        if backup[0]["t"] - primary[0]["t"] > expect.fallback_by_s:
+            failures.append(f"fell back {backup[0]['t'] - primary[0]['t']:.2f} s after the first attempt")
     if expect.retry_gap_s is not None:
         if len(primary) < 2:
             failures.append("no retry on the primary to measure")

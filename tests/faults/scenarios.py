@@ -44,10 +44,18 @@ class Expect:
     status: int | None = None
     says: str | None = None
     """A piece of the error message the client reads."""
+    code: str | None = None
+    """The error's `code` (OpenAI error body, or the in-band event)."""
+    type: str | None = None
+    """The error's `type`."""
+    retry_after: str | None = None
+    """The Retry-After header on the error response."""
     spans: tuple[str, ...] | None = None
     """One CLIENT span per upstream attempt, in order: "deployment" or "deployment:error.type"."""
     upstream: dict[str, int] = field(default_factory=dict)
     """Requests each deployment received, as the mock saw them."""
+    fallback_by_s: float | None = None
+    """The backup's first request came at most this long after the primary's first (no wasted wait)."""
     retry_gap_s: float | None = None
     """The primary's second request came at least this long after its first (Retry-After honoured)."""
     cancelled_within_s: float | None = None
@@ -106,7 +114,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         "429-retry-after-over-cap",
         "429 with Retry-After: 30 (over the 2 s cap)",
         primary=("fault:429?retry_after=30",),
-        expect=fails_over(2, ("primary:UpstreamRateLimited", "backup"), upstream={"primary": 1, "backup": 1}),
+        expect=fails_over(
+            2, ("primary:UpstreamRateLimited", "backup"), upstream={"primary": 1, "backup": 1}, fallback_by_s=0.5
+        ),
     ),
     Scenario(
         "429-retry-after-past-deadline",
@@ -114,7 +124,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         primary=("fault:429?retry_after=2",),
         timeouts={"total_s": 1.5},
         retries={"retry_after_cap_s": 5.0},
-        expect=fails_over(2, ("primary:UpstreamRateLimited", "backup"), upstream={"primary": 1, "backup": 1}),
+        expect=fails_over(
+            2, ("primary:UpstreamRateLimited", "backup"), upstream={"primary": 1, "backup": 1}, fallback_by_s=0.5
+        ),
     ),
     Scenario(
         "429-persistent",
@@ -133,6 +145,8 @@ SCENARIOS: tuple[Scenario, ...] = (
             error="RateLimitError",
             status=429,
             says="Rate limit reached",
+            code="rate_limit_exceeded",
+            retry_after="30",
             spans=("primary:UpstreamRateLimited", "backup:UpstreamRejected"),
             upstream={"primary": 1, "backup": 1},
         ),
@@ -193,7 +207,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         "never-answers",
         "the primary accepts the request and never answers",
         primary=("fault:never",),
-        expect=fails_over(2, ("primary:UpstreamSilent", "backup"), upstream={"primary": 1, "backup": 1}),
+        expect=fails_over(
+            2, ("primary:UpstreamSilent", "backup"), upstream={"primary": 1, "backup": 1}, fallback_by_s=2.0
+        ),
     ),
     Scenario(
         "never-answers-alone",
@@ -204,6 +220,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             error="InternalServerError",
             status=504,
             says="no response",
+            type="timeout_error",
             spans=("primary:UpstreamSilent",),
             upstream={"primary": 1},
         ),
@@ -213,7 +230,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         "slow-first-token",
         "the primary's answer starts after 3 s (first-token limit 1 s, idle 1.5 s)",
         primary=("fault:slow_first?delay=3",),
-        expect=fails_over(2, ("primary:UpstreamSilent", "backup"), upstream={"primary": 1, "backup": 1}),
+        expect=fails_over(
+            2, ("primary:UpstreamSilent", "backup"), upstream={"primary": 1, "backup": 1}, fallback_by_s=2.0
+        ),
     ),
     Scenario(
         "slow-first-token-alone",
@@ -274,6 +293,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             cut=True,
             error="APIError",
             says="idle",
+            type="timeout_error",
             spans=("primary",),
             upstream={"primary": 1, "backup": 0},
         ),
@@ -300,6 +320,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             cut=True,
             error="APIError",
             says="malformed response",
+            code="upstream_invalid_response",
             spans=("primary",),
             upstream={"primary": 1, "backup": 0},
         ),
@@ -345,6 +366,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             error="BadRequestError",
             status=400,
             says="Invalid request",
+            type="invalid_request_error",
             spans=("primary:UpstreamRejected",),
             upstream={"primary": 1, "backup": 0},
         ),
@@ -361,6 +383,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             error="BadRequestError",
             status=400,
             says="maximum context length is 8192 tokens",
+            code="context_length_exceeded",
             spans=("primary:ContextLengthExceeded",),
             upstream={"primary": 1},
         ),
@@ -374,6 +397,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             error="InternalServerError",
             status=502,
             says="rejected escalade's credentials",
+            code="upstream_auth_error",
             spans=("primary:UpstreamAuthError",),
             upstream={"primary": 1},
         ),
@@ -393,6 +417,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             error="InternalServerError",
             status=502,
             says="redirects are not followed",
+            code="upstream_redirect",
             spans=("primary:UpstreamRedirect",),
             upstream={"primary": 1},
         ),
