@@ -213,15 +213,24 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "never-answers-alone",
-        "the only deployment accepts the request and never answers",
+        "the only deployment accepts the request and never answers (deadline 3 s)",
         primary=("fault:never",),
         backup=None,
+        timeouts={"total_s": 3.0},
         expect=Expect(
             error="InternalServerError",
             status=504,
-            says="no response",
+            says="no response headers within 1s",
             type="timeout_error",
             spans=("primary:UpstreamSilent",),
+            upstream={"primary": 1},
+        ),
+        unary=Expect(  # a unary answer arrives with its headers: the last candidate is given until the deadline
+            error="InternalServerError",
+            status=504,
+            says="no complete answer before the request deadline",
+            type="timeout_error",
+            spans=("primary:UpstreamTimeout",),
             upstream={"primary": 1},
         ),
     ),
@@ -236,10 +245,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "slow-first-token-alone",
-        "the only deployment's answer starts after 2 s (first-token limit 1 s, idle 3 s)",
+        "the only deployment's answer starts after 2 s (first-token limit 1 s, idle 1.5 s)",
         primary=("fault:slow_first?delay=2&tokens=4",),
         backup=None,
-        timeouts={"idle_s": 3.0},
         expect=Expect(answer="primary", attempts=1, spans=("primary",), upstream={"primary": 1}),
     ),
     Scenario(
