@@ -141,6 +141,9 @@ async def _with_retries(
         with attempt_span(req, candidate, counter.n) as span:
             try:
                 result = await attempt(provider, call)
+            except asyncio.CancelledError:  # the client left: the trace must not show a finished attempt
+                span.set_attribute("error.type", "CancelledError")
+                raise
             except GatewayError as error:
                 span.set_attribute("error.type", error.kind)
                 span.set_status(Status(StatusCode.ERROR, error.message))

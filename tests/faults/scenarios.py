@@ -446,7 +446,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         modes=("unary",),
         client="disconnect",
         timeouts={"idle_s": 6.0},
-        expect=Expect(error="APITimeoutError", upstream={"primary": 1, "backup": 0}, cancelled_within_s=1.0),
+        expect=Expect(
+            error="APITimeoutError",
+            spans=("primary:CancelledError",),
+            upstream={"primary": 1, "backup": 0},
+            cancelled_within_s=1.0,
+        ),
     ),
 )
 
