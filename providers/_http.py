@@ -318,7 +318,7 @@ def attempt_request(client: httpx.AsyncClient, path: str, body: bytes, call: Cal
 
 
 def _went_silent(call: Call, provider: str, what: str) -> UpstreamSilent:
-    return UpstreamSilent(f"{provider}: {what} for {call.timeouts.idle_s:g}s", provider=provider)
+    return UpstreamSilent(f"{provider}: {what} within the idle timeout ({call.timeouts.idle_s:g}s)", provider=provider)
 
 
 async def post_for_body(

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from policies.health import Outcome
 from tests.faults.scenarios import BASE_RETRIES, BASE_TIMEOUTS, SECRET_IN_ERROR, TEXT, Expect, Mode, Scenario
 from tests.support.gateway import GatewayThread, mock_policy, write_policy
 
@@ -158,6 +159,8 @@ class Seen:
     client_left_at: float | None = None
     cancel_lag_s: float | None = None
     """Client left -> the upstream saw its connection close."""
+    outcomes: list[Outcome] = field(default_factory=list)
+    """What the gateway's observers were told: each attempt, and a committed stream's end."""
     attempt_spans: list[ReadableSpan] = field(default_factory=list)
     server_spans: list[ReadableSpan] = field(default_factory=list)
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -189,10 +192,13 @@ def run_cell(scenario: Scenario, mode: Mode, env: Env) -> Result:
         if steps != ("refused",):
             env.mock.script(UPSTREAM_MODEL[name], [step.format(sink=env.sink.url) for step in steps])
     gateway = GatewayThread(write_policy(env.tmp / f"{scenario.id}-{mode}.yaml", _policy(scenario, env))).start()
+    outcomes: list[Outcome] = []
+    gateway.state.observers.append(outcomes.append)
     try:
         sinks_before = env.sink.connections
         env.spans.clear()
         seen = _request(scenario, mode, gateway)
+        seen.outcomes = outcomes
         seen.records = {name: env.mock.records(UPSTREAM_MODEL[name]) for name in ("primary", "backup")}
         if scenario.client == "disconnect":
             _wait_for_close(env.mock, seen)
@@ -376,6 +382,7 @@ def _check_trace(expect: Expect, seen: Seen, scenario: Scenario) -> list[str]:
         got = tuple(span_label(s) for s in seen.attempt_spans)
         if got != expect.spans:
             failures.append(f"attempt spans {list(got)}, expected {list(expect.spans)}")
+    failures += _check_records(expect, seen, scenario)
     dumped = json.dumps(
         [
             {**dict(s.attributes or {}), "events": [dict(e.attributes or {}) for e in s.events]}
@@ -385,6 +392,24 @@ def _check_trace(expect: Expect, seen: Seen, scenario: Scenario) -> list[str]:
     )
     if any(secret in dumped for secret in (*SECRETS, CLIENT_KEY)):
         failures.append("a secret is in the trace")
+    return failures
+
+
+def _check_records(expect: Expect, seen: Seen, scenario: Scenario) -> list[str]:
+    """The observers' records (health, metrics) agree with the trace, and a stream's end is recorded."""
+    failures = []
+    attempts = [o for o in seen.outcomes if o.phase == "attempt"]
+    labelled = tuple(f"{o.deployment}:{o.error_kind}" if o.error_kind else o.deployment for o in attempts)
+    from_spans = tuple(label for label in map(span_label, seen.attempt_spans) if not label.endswith(":CancelledError"))
+    if labelled != from_spans:
+        failures.append(f"attempt records {list(labelled)} differ from the attempt spans {list(from_spans)}")
+    ends = [o for o in seen.outcomes if o.phase == "end"]
+    streamed = seen.headers.get("content-type", "").startswith("text/event-stream")
+    complete_stream = streamed and scenario.client == "read" and expect.answer is not None and not expect.cut
+    if expect.cut and (len(ends) != 1 or ends[0].ok or (expect.end and ends[0].error_kind != expect.end)):
+        failures.append(f"a cut stream must be recorded as cut ({expect.end}): {ends}")
+    if complete_stream and (len(ends) != 1 or not ends[0].ok):
+        failures.append(f"a complete stream must be recorded as complete: {ends}")
     return failures
 
 

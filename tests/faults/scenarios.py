@@ -52,6 +52,8 @@ class Expect:
     """The Retry-After header on the error response."""
     spans: tuple[str, ...] | None = None
     """One CLIENT span per upstream attempt, in order: "deployment" or "deployment:error.type"."""
+    end: str | None = None
+    """A cut stream: the error kind its stream-end record (the Outcome observers get) carries."""
     upstream: dict[str, int] = field(default_factory=dict)
     """Requests each deployment received, as the mock saw them."""
     fallback_by_s: float | None = None
@@ -268,6 +270,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             cut=True,
             error="APIError",
             says="total time limit",
+            end="UpstreamTimeout",
             spans=("primary",),
             upstream={"primary": 1, "backup": 0},
         ),
@@ -286,6 +289,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             cut=True,
             error="APIError",
             says="connection closed by upstream",
+            end="UpstreamConnectionError",
             spans=("primary",),
             upstream={"primary": 1, "backup": 0},
         ),
@@ -300,7 +304,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             attempts=1,
             cut=True,
             error="APIError",
-            says="idle",
+            says="idle",  # the relay's chunk-gap timer or the socket's read timeout, whichever fires first
             type="timeout_error",
             spans=("primary",),
             upstream={"primary": 1, "backup": 0},
@@ -328,6 +332,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             cut=True,
             error="APIError",
             says="malformed response",
+            end="UpstreamProtocolError",
             code="upstream_invalid_response",
             spans=("primary",),
             upstream={"primary": 1, "backup": 0},
@@ -352,6 +357,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             cut=True,
             error="APIError",
             says="server had an error",
+            end="UpstreamUnavailable",
             spans=("primary",),
             upstream={"primary": 1, "backup": 0},
         ),
