@@ -33,6 +33,8 @@ PROVIDER_KEY = "sk-faults-canary-4f2d9c1e7b3a5d60"
 """The provider key escalade sends upstream: no client-visible byte and no span may contain it."""
 CLIENT_KEY = "faults-client-key"
 SECRETS = (PROVIDER_KEY, SECRET_IN_ERROR)
+GIVE_UP_S = 0.5
+"""A "give-up" client's timeout."""
 HANG_SLACK_S = 2.0
 """An answer later than the deadline plus this is a hang."""
 UPSTREAM_MODEL = {"primary": "PRIMARY", "backup": "BACKUP"}
@@ -200,7 +202,7 @@ def run_cell(scenario: Scenario, mode: Mode, env: Env) -> Result:
         seen = _request(scenario, mode, gateway)
         seen.outcomes = outcomes
         seen.records = {name: env.mock.records(UPSTREAM_MODEL[name]) for name in ("primary", "backup")}
-        if scenario.client == "disconnect":
+        if scenario.client != "read":
             _wait_for_close(env.mock, seen)
         _collect_spans(env.spans, seen)
         sink_hits = env.sink.connections - sinks_before
@@ -211,7 +213,7 @@ def run_cell(scenario: Scenario, mode: Mode, env: Env) -> Result:
     if sink_hits:
         failures.append(f"the gateway connected to the redirect target {sink_hits} time(s)")
     truncated = truncated_as_complete(mode, seen)
-    gave_up = isinstance(seen.error, openai.APITimeoutError) and scenario.client != "disconnect"
+    gave_up = isinstance(seen.error, openai.APITimeoutError) and scenario.client != "give-up"
     hang = gave_up or seen.elapsed_s > scenario.total_s + HANG_SLACK_S
     if hang:
         failures.append(f"hang: {seen.elapsed_s:.1f} s for a {scenario.total_s:g} s deadline")
@@ -241,7 +243,7 @@ def _policy(scenario: Scenario, env: Env) -> dict[str, Any]:
 
 def _request(scenario: Scenario, mode: Mode, gateway: GatewayThread) -> Seen:
     tee = Tee()
-    leave_after = 0.5 if scenario.client == "disconnect" and mode == "unary" else None
+    leave_after = GIVE_UP_S if scenario.client == "give-up" else None
     client = openai.OpenAI(
         base_url=gateway.base_url,
         api_key=CLIENT_KEY,
@@ -264,13 +266,13 @@ def _request(scenario: Scenario, mode: Mode, gateway: GatewayThread) -> Seen:
                 for choice in chunk.choices:
                     seen.text += choice.delta.content or ""
                     seen.finish = choice.finish_reason or seen.finish
-                if scenario.client == "disconnect" and seen.text:
+                if scenario.client == "leave-mid-stream" and seen.text:
                     stream.close()
                     seen.client_left_at = time.monotonic()
                     break
     except openai.APIError as error:
         seen.error = error
-        if isinstance(error, openai.APITimeoutError) and scenario.client == "disconnect":
+        if isinstance(error, openai.APITimeoutError) and scenario.client == "give-up":
             seen.client_left_at = time.monotonic()
     finally:
         seen.elapsed_s = time.monotonic() - started

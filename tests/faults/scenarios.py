@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Mode = Literal["unary", "stream"]
-Client = Literal["read", "disconnect"]
+Client = Literal["read", "leave-mid-stream", "give-up"]
+"""read: the whole answer; leave-mid-stream: close after the first content chunk; give-up: a 0.5 s client timeout."""
 
 BASE_TIMEOUTS = {"connect_s": 0.5, "headers_s": 1.0, "first_token_s": 1.0, "idle_s": 1.5, "total_s": 6.0}
 BASE_RETRIES = {"attempts": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "retry_after_cap_s": 2.0}
@@ -371,6 +372,37 @@ SCENARIOS: tuple[Scenario, ...] = (
             3, (*_times(2, "primary:UpstreamProtocolError"), "backup"), upstream={"primary": 2, "backup": 1}
         ),
     ),
+    Scenario(
+        "stream-ends-early",
+        "the event stream ends cleanly after 2 content chunks: no finish chunk, no [DONE]",
+        primary=("fault:cut?after=2&terminate=1",),
+        modes=("stream",),
+        expect=Expect(
+            answer="primary",
+            attempts=1,
+            cut=True,
+            error="APIError",
+            says="stream ended before the answer was complete",
+            end="UpstreamProtocolError",
+            spans=("primary",),
+            upstream={"primary": 1, "backup": 0},
+        ),
+    ),
+    Scenario(
+        "no-done-after-finish",
+        "a complete stream (finish chunk, usage) whose body ends without data: [DONE]",
+        primary=("fault:no_done?tokens=4",),
+        modes=("stream",),
+        expect=Expect(answer="primary", attempts=1, spans=("primary",), upstream={"primary": 1, "backup": 0}),
+    ),
+    Scenario(
+        "html-200",
+        "200 text/html (a proxy's error page) instead of JSON or an event stream",
+        primary=("fault:html",),
+        expect=fails_over(
+            3, (*_times(2, "primary:UpstreamProtocolError"), "backup"), upstream={"primary": 2, "backup": 1}
+        ),
+    ),
     # ------------------------------------------------------------ the upstream refuses
     Scenario(
         "400-bad-request",
@@ -438,20 +470,19 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     # ------------------------------------------------------------ the client leaves
     Scenario(
-        "disconnect-mid-stream",
+        "client-leaves-mid-stream",
         "the client closes the stream after the first content chunk",
         primary=("ok?tokens=200&delay=0.05",),
         modes=("stream",),
-        client="disconnect",
+        client="leave-mid-stream",
         expect=Expect(answer="primary", attempts=1, upstream={"primary": 1, "backup": 0}, cancelled_within_s=1.0),
     ),
     Scenario(
-        "disconnect-mid-unary",
-        "the client gives up after 0.5 s while the primary is still working",
+        "client-gives-up-waiting",
+        "the client times out after 0.5 s, before the first token (the primary answers after 5 s)",
         primary=("fault:slow_first?delay=5",),
-        modes=("unary",),
-        client="disconnect",
-        timeouts={"idle_s": 6.0},
+        client="give-up",
+        timeouts={"first_token_s": 3.0, "idle_s": 6.0},
         expect=Expect(
             error="APITimeoutError",
             spans=("primary:CancelledError",),

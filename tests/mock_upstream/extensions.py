@@ -17,6 +17,6 @@ def register(server: MockUpstream) -> None:
 
     for module in (anthropic_wire, azure_wire, gemini_wire, mistral_wire):
         module.register(server)
-    from . import timed_faults
+    from . import extra_faults
 
-    timed_faults.register(server)
+    extra_faults.register(server)

@@ -1,5 +1,5 @@
-"""Faults that are about time, for the fault suite (tests/faults): an answer that never ends, and an
-outage that ends at a given moment.
+"""More faults, for the fault suite (tests/faults): an answer that never ends, an outage that ends at a
+given moment, a complete stream without its ``[DONE]``.
 
 ``fault:trickle`` -- the upstream keeps sending bytes and never finishes:
 
@@ -14,6 +14,9 @@ error of ``code`` (default 503, with ``retry_after``/``message`` as for ``fault:
 on the normal answer (``tokens=``/``text=`` apply). ``time.monotonic()`` is system-wide on Linux, so a
 test in another process can compute ``T``. The log's ``outcome`` is ``fault:outage`` while down, ``ok``
 once recovered.
+
+``fault:no_done`` -- stream: the normal stream (finish chunk and usage included) whose chunked body
+ends cleanly without ``data: [DONE]``. Non-stream: the normal answer.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .server import _frame, _head, _Json, _Sse
+from .server import _DONE, _frame, _head, _Json, _Sse
 
 if TYPE_CHECKING:
     from .server import Dialect, MockUpstream, Scenario, _Conn
@@ -99,6 +102,28 @@ def _outage(
     conn.spawn(srv._stream(conn, rec, answer.events, ka, rid, 0.0, 0.0, "end", "ok"), rec)
 
 
+def _no_done(
+    srv: MockUpstream,
+    conn: _Conn,
+    rec: dict,
+    sc: Scenario,
+    route: Callable,
+    body: dict,
+    stream: bool,
+    ka: bool,
+    rid: str,
+    headers: dict,
+    dialect: Dialect,
+) -> None:
+    answer = route(body, sc, stream, rec)
+    if isinstance(answer, _Json):
+        srv._finish_json(conn, rec, answer, ka, rid, "fault:no_done" if answer.status == 200 else "error")
+        return
+    events = [(ev, is_content) for ev, is_content in answer.events if ev != _DONE]
+    conn.spawn(srv._stream(conn, rec, events, ka, rid, 0.0, 0.0, "end", "fault:no_done"), rec)
+
+
 def register(srv: MockUpstream) -> None:
     srv.add_fault("trickle", _trickle)
     srv.add_fault("outage", _outage)
+    srv.add_fault("no_done", _no_done)
