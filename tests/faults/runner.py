@@ -161,6 +161,8 @@ class Seen:
     client_left_at: float | None = None
     cancel_lag_s: float | None = None
     """Client left -> the upstream saw its connection close."""
+    served: str = ""
+    """A sequence of requests: who answered each one completely (p: primary, b: backup, x: nobody)."""
     outcomes: list[Outcome] = field(default_factory=list)
     """What the gateway's observers were told: each attempt, and a committed stream's end."""
     attempt_spans: list[ReadableSpan] = field(default_factory=list)
@@ -189,17 +191,14 @@ class Result:
 def run_cell(scenario: Scenario, mode: Mode, env: Env) -> Result:
     os.environ[KEY_ENV] = PROVIDER_KEY
     env.mock.reset()
-    deployments = {"primary": scenario.primary, **({"backup": scenario.backup} if scenario.backup else {})}
-    for name, steps in deployments.items():
-        if steps != ("refused",):
-            env.mock.script(UPSTREAM_MODEL[name], [step.format(sink=env.sink.url) for step in steps])
     gateway = GatewayThread(write_policy(env.tmp / f"{scenario.id}-{mode}.yaml", _policy(scenario, env))).start()
     outcomes: list[Outcome] = []
     gateway.state.observers.append(outcomes.append)
     try:
         sinks_before = env.sink.connections
         env.spans.clear()
-        seen = _request(scenario, mode, gateway)
+        _install_scripts(scenario, env, time.monotonic())
+        seen = (_sequence if scenario.requests > 1 else _request)(scenario, mode, gateway)
         seen.outcomes = outcomes
         seen.records = {name: env.mock.records(UPSTREAM_MODEL[name]) for name in ("primary", "backup")}
         if scenario.client != "read":
@@ -220,6 +219,36 @@ def run_cell(scenario: Scenario, mode: Mode, env: Env) -> Result:
     return Result(scenario, mode, seen, failures, truncated, hang)
 
 
+def _install_scripts(scenario: Scenario, env: Env, start: float) -> None:
+    """The mock's scripts; in a step, {sink} is the sink's URL and {t+S} the monotonic time S s from now."""
+    deployments = {"primary": scenario.primary, **({"backup": scenario.backup} if scenario.backup else {})}
+    for name, steps in deployments.items():
+        if steps != ("refused",):
+            filled = [
+                re.sub(r"\{t\+([0-9.]+)\}", lambda m: f"{start + float(m.group(1)):.3f}", step).replace(
+                    "{sink}", env.sink.url
+                )
+                for step in steps
+            ]
+            env.mock.script(UPSTREAM_MODEL[name], filled)
+
+
+def _sequence(scenario: Scenario, mode: Mode, gateway: GatewayThread) -> Seen:
+    """`requests` requests, one every `every_s`: the last one's view, with every answer's deployment."""
+    start = time.monotonic()
+    served: list[str] = []
+    slowest = 0.0
+    for n in range(scenario.requests):
+        time.sleep(max(0.0, start + n * scenario.every_s - time.monotonic()))
+        seen = _request(scenario, mode, gateway)
+        slowest = max(slowest, seen.elapsed_s)
+        complete = seen.error is None and seen.text == TEXT.get(seen.headers.get("x-escalade-model", ""))
+        served.append(seen.headers.get("x-escalade-model", "error")[0] if complete else "x")
+    seen.served = "".join(served)
+    seen.elapsed_s = slowest
+    return seen
+
+
 def _policy(scenario: Scenario, env: Env) -> dict[str, Any]:
     providers: dict[str, Any] = {"mock": {"type": "openai", "base_url": env.mock.base_url, "api_key_env": KEY_ENV}}
     models: dict[str, Any] = {}
@@ -238,6 +267,7 @@ def _policy(scenario: Scenario, env: Env) -> dict[str, Any]:
         routes={"auto": {"models": route}},
         timeouts={**BASE_TIMEOUTS, **scenario.timeouts},
         retries={**BASE_RETRIES, **scenario.retries},
+        **({"resilience": scenario.resilience} if scenario.resilience else {}),
     )
 
 
@@ -318,6 +348,8 @@ def check(expect: Expect, mode: Mode, seen: Seen, scenario: Scenario) -> list[st
     fail = failures.append
     error = seen.error
 
+    if scenario.requests > 1:
+        return _check_sequence(expect, seen)
     if expect.answer is not None:
         model = seen.headers.get("x-escalade-model")
         if model != expect.answer:
@@ -370,6 +402,16 @@ def check(expect: Expect, mode: Mode, seen: Seen, scenario: Scenario) -> list[st
     failures += _check_trace(expect, seen, scenario)
     failures += _check_upstream(expect, seen)
     return failures
+
+
+def _check_sequence(expect: Expect, seen: Seen) -> list[str]:
+    """Requests over time (a flapping primary): who served each one, and what reached the upstream."""
+    failures = []
+    if expect.served is not None and not re.fullmatch(expect.served, seen.served):
+        failures.append(
+            f"served {seen.served!r} (p: primary, b: backup, x: no complete answer), expected {expect.served}"
+        )
+    return failures + _check_upstream(expect, seen)
 
 
 def _check_trace(expect: Expect, seen: Seen, scenario: Scenario) -> list[str]:
@@ -472,6 +514,8 @@ def describe_error(error: Exception) -> str:
 
 
 def describe(seen: Seen) -> str:
+    if seen.served:
+        return f"served {seen.served} (p: primary, b: backup, x: failed)"
     model = seen.headers.get("x-escalade-model")
     attempts = seen.headers.get("x-escalade-attempts")
     if seen.client_left_at is not None:

@@ -5,7 +5,8 @@ A scenario runs against a route `auto` = [primary, backup] (or [primary] alone w
 `primary` and `backup` are mock upstream scripts (tests/mock_upstream: one step per request, the last
 repeats); the step "refused" points the primary at a port where nothing listens. Timeouts and retries
 are shrunken (BASE_TIMEOUTS, BASE_RETRIES) so the whole suite runs in a couple of minutes. In a step,
-`{sink}` is the URL of a listener that must never be contacted (it counts connections).
+`{sink}` is the URL of a listener that must never be contacted (it counts connections), and `{t+S}`
+the time.monotonic() S seconds after the scripts are installed (for fault:outage).
 
 Each scenario runs in the modes it lists: "unary" (stream=False) and "stream" (stream=True), through
 the official OpenAI SDK. `expect` holds for every mode unless `stream` (or `unary`) overrides it.
@@ -63,6 +64,8 @@ class Expect:
     """The primary's second request came at least this long after its first (Retry-After honoured)."""
     cancelled_within_s: float | None = None
     """The client leaves mid-answer: the upstream connection is closed within this many seconds."""
+    served: str | None = None
+    """A sequence of requests: regex over who answered each completely (p: primary, b: backup, x: nobody)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,11 @@ class Scenario:
     timeouts: dict[str, float] = field(default_factory=dict)
     retries: dict[str, float] = field(default_factory=dict)
     client: Client = "read"
+    requests: int = 1
+    """More than 1: a sequence of requests, one every `every_s` (checked with Expect.served and upstream)."""
+    every_s: float = 0.0
+    resilience: dict[str, object] = field(default_factory=dict)
+    """The policy's resilience section (circuit breaker, retry budget)."""
     covers: str = ""
     """What else shows this behaviour (a unit test, another suite), for the docs table."""
 
@@ -467,6 +475,15 @@ SCENARIOS: tuple[Scenario, ...] = (
             spans=("primary:UpstreamRedirect",),
             upstream={"primary": 1},
         ),
+    ),
+    # ------------------------------------------------------------ over time
+    Scenario(
+        "primary-flaps",
+        "the primary answers 503 for 1.5 s, then recovers; a request every 0.2 s for 3 s",
+        primary=("fault:outage?until={t+1.5}&tokens=4",),
+        requests=15,
+        every_s=0.2,
+        expect=Expect(served=r"b{5,}p{3,}"),
     ),
     # ------------------------------------------------------------ the client leaves
     Scenario(
