@@ -122,6 +122,18 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
     ),
     Scenario(
+        "429-retry-after-ms",
+        "429 with retry-after-ms: 800, then OK",
+        primary=("fault:429?retry_after_ms=800", PRIMARY_OK),
+        expect=Expect(
+            answer="primary",
+            attempts=2,
+            spans=("primary:UpstreamRateLimited", "primary"),
+            upstream={"primary": 2, "backup": 0},
+            retry_gap_s=0.7,
+        ),
+    ),
+    Scenario(
         "429-retry-after-over-cap",
         "429 with Retry-After: 30 (over the 2 s cap)",
         primary=("fault:429?retry_after=30",),
@@ -351,6 +363,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         "error-in-200",
         "200 with an error body (stream: the first event is an error)",
         primary=("fault:error_200",),
+        expect=fails_over(
+            3, (*_times(2, "primary:UpstreamUnavailable"), "backup"), upstream={"primary": 2, "backup": 1}
+        ),
+    ),
+    Scenario(
+        "error-event-before-content",
+        "the role chunk, then the upstream's in-band error event before any content",
+        primary=("fault:stream_error?after=0",),
+        modes=("stream",),
         expect=fails_over(
             3, (*_times(2, "primary:UpstreamUnavailable"), "backup"), upstream={"primary": 2, "backup": 1}
         ),
