@@ -518,12 +518,13 @@ def describe(seen: Seen) -> str:
         return f"served {seen.served} (p: primary, b: backup, x: failed)"
     model = seen.headers.get("x-escalade-model")
     attempts = seen.headers.get("x-escalade-attempts")
+    text = repr(seen.text if len(seen.text) <= 40 else seen.text[:37] + "...")
     if seen.client_left_at is not None:
-        got = f"{seen.text!r} from {model}" if model else "nothing"
+        got = f"{text} from {model}" if model else "nothing"
         closed = f"upstream closed {seen.cancel_lag_s * 1000:.0f} ms later" if seen.cancel_lag_s is not None else ""
         return f"left after {got}; {closed or 'upstream still open'}"
     if seen.error is not None and seen.text:
-        return f"{seen.text!r} from {model}, then {describe_error(seen.error)}"
+        return f"{text} from {model}, then {describe_error(seen.error)}"
     if seen.error is not None:
         return describe_error(seen.error)
-    return f"{seen.text!r} from {model} ({attempts} attempts)"
+    return f"{text} from {model} ({attempts} attempt{'' if attempts == '1' else 's'})"
