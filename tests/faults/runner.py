@@ -163,6 +163,7 @@ class Seen:
     """Client left -> the upstream saw its connection close."""
     served: str = ""
     """A sequence of requests: who answered each one completely (p: primary, b: backup, x: nobody)."""
+    truncated_in_sequence: bool = False
     outcomes: list[Outcome] = field(default_factory=list)
     """What the gateway's observers were told: each attempt, and a committed stream's end."""
     attempt_spans: list[ReadableSpan] = field(default_factory=list)
@@ -211,7 +212,7 @@ def run_cell(scenario: Scenario, mode: Mode, env: Env) -> Result:
     failures = check(expect, mode, seen, scenario)
     if sink_hits:
         failures.append(f"the gateway connected to the redirect target {sink_hits} time(s)")
-    truncated = truncated_as_complete(mode, seen)
+    truncated = seen.truncated_in_sequence or truncated_as_complete(mode, seen)
     gave_up = isinstance(seen.error, openai.APITimeoutError) and scenario.client != "give-up"
     hang = gave_up or seen.elapsed_s > scenario.total_s + HANG_SLACK_S
     if hang:
@@ -220,17 +221,16 @@ def run_cell(scenario: Scenario, mode: Mode, env: Env) -> Result:
 
 
 def _install_scripts(scenario: Scenario, env: Env, start: float) -> None:
-    """The mock's scripts; in a step, {sink} is the sink's URL and {t+S} the monotonic time S s from now."""
     deployments = {"primary": scenario.primary, **({"backup": scenario.backup} if scenario.backup else {})}
     for name, steps in deployments.items():
         if steps != ("refused",):
-            filled = [
-                re.sub(r"\{t\+([0-9.]+)\}", lambda m: f"{start + float(m.group(1)):.3f}", step).replace(
-                    "{sink}", env.sink.url
-                )
-                for step in steps
-            ]
-            env.mock.script(UPSTREAM_MODEL[name], filled)
+            env.mock.script(UPSTREAM_MODEL[name], [_fill(step, env, start) for step in steps])
+
+
+def _fill(step: str, env: Env, start: float) -> str:
+    """{sink}: the sink's URL; {t+S}: the time.monotonic() S seconds after `start`."""
+    step = step.replace("{sink}", env.sink.url)
+    return re.sub(r"\{t\+([0-9.]+)\}", lambda m: f"{start + float(m.group(1)):.3f}", step)
 
 
 def _sequence(scenario: Scenario, mode: Mode, gateway: GatewayThread) -> Seen:
@@ -238,14 +238,17 @@ def _sequence(scenario: Scenario, mode: Mode, gateway: GatewayThread) -> Seen:
     start = time.monotonic()
     served: list[str] = []
     slowest = 0.0
+    truncated = False
     for n in range(scenario.requests):
         time.sleep(max(0.0, start + n * scenario.every_s - time.monotonic()))
         seen = _request(scenario, mode, gateway)
         slowest = max(slowest, seen.elapsed_s)
+        truncated = truncated or truncated_as_complete(mode, seen)
         complete = seen.error is None and seen.text == TEXT.get(seen.headers.get("x-escalade-model", ""))
         served.append(seen.headers.get("x-escalade-model", "error")[0] if complete else "x")
     seen.served = "".join(served)
     seen.elapsed_s = slowest
+    seen.truncated_in_sequence = truncated
     return seen
 
 
