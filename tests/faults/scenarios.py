@@ -514,6 +514,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         expect=Expect(answer="primary", attempts=1, upstream={"primary": 1, "backup": 0}, cancelled_within_s=1.0),
     ),
     Scenario(
+        "client-leaves-during-stall",
+        "the client closes the stream after the first content chunk while the upstream is silent",
+        primary=("fault:stall?after=1",),
+        modes=("stream",),
+        client="leave-mid-stream",
+        timeouts={"idle_s": 6.0},
+        expect=Expect(answer="primary", attempts=1, upstream={"primary": 1, "backup": 0}, cancelled_within_s=1.0),
+    ),
+    Scenario(
         "client-gives-up-waiting",
         "the client times out after 0.5 s, before the first token (the primary answers after 5 s)",
         primary=("fault:slow_first?delay=5",),
