@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import random
 import re
 import secrets
 import time
@@ -18,10 +19,12 @@ from gateway.auth import Principal, authenticate, authorize_route
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
 from gateway.errors import ClientDisconnected
+from gateway.facts import MAX_COST_HEADER, request_facts
 from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
+from gateway.store.budget import charge, check_budget
 from gateway.telemetry import server_span
 from policies.cost import usage_cost
 from policies.health import Outcome
@@ -77,13 +80,16 @@ async def _prepare(
     state = gateway_state(request)
     runtime = state.runtime  # read once: this request lives under this policy version
     principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
+    check_budget(state, principal.name)
     server = runtime.policy.server
     body = await read_body(request.stream(), request.headers.get("content-length"), server.max_request_bytes)
     inbound = decode_inbound(body, decode)
     check_caps(inbound.typed, server)
     route = inbound.typed.model
     authorize_route(principal, route, runtime)
-    the_plan: Plan = plan(runtime.policy, route, state.signals, needs(inbound.typed), state.health, time.time())
+    facts = request_facts(len(body), inbound.typed, request.headers.get(MAX_COST_HEADER))
+    needed = needs(inbound.typed)
+    the_plan: Plan = plan(runtime.policy, route, state.signals, needed, state.health, time.time(), facts, random.random)
     deadline = time.monotonic() + runtime.policy.timeouts.total_s
     return Prepared(
         state=state,
@@ -96,6 +102,7 @@ async def _prepare(
             runtime=runtime,
             plan=the_plan,
             observers=state.observers,
+            guard=state.store,
         ),
     )
 
@@ -119,6 +126,8 @@ def _headers(prep: Prepared, answer: Answer[Any], cost: float | None = None) -> 
     }
     if cost is not None:
         headers["x-escalade-cost-usd"] = f"{cost:.8f}"
+    if answer.hedged:
+        headers["x-escalade-hedged"] = "true"
     return headers
 
 
@@ -182,6 +191,7 @@ async def _unary(
         answer = await _until_disconnect(request, work)
         span.set_attribute("escalade.deployment", answer.candidate.name)
         cost = usage_cost(answer.candidate.model.price, answer.result.usage) if priced else None
+        charge(prep.state, prep.principal.name, cost)
         return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
 
 
@@ -275,6 +285,8 @@ async def _sse_body(
             await aclose()
         if prep.dispatch.observers:
             notify(prep.dispatch.observers, _stream_end(prep, deployment, committed.started, usage, failure))
+        price = prep.dispatch.runtime.policy.models[deployment].price
+        charge(prep.state, prep.principal.name, usage_cost(price, usage))
 
 
 def _stream_end(prep: Prepared, deployment: str, started: float, usage: Any, failure: GatewayError | None) -> Outcome:
