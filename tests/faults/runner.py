@@ -263,11 +263,12 @@ def _policy(scenario: Scenario, env: Env) -> dict[str, Any]:
             models[name] = {"provider": "dead", "model": UPSTREAM_MODEL[name]}
         else:
             models[name] = {"provider": "mock", "model": UPSTREAM_MODEL[name]}
+        models[name].update(scenario.models.get(name, {}))
     return mock_policy(
         env.mock.base_url,
         providers=providers,
         models=models,
-        routes={"auto": {"models": route}},
+        routes={"auto": {"models": route, **scenario.route}},
         timeouts={**BASE_TIMEOUTS, **scenario.timeouts},
         retries={**BASE_RETRIES, **scenario.retries},
         **({"resilience": scenario.resilience} if scenario.resilience else {}),
@@ -414,6 +415,12 @@ def _check_sequence(expect: Expect, seen: Seen) -> list[str]:
         failures.append(
             f"served {seen.served!r} (p: primary, b: backup, x: no complete answer), expected {expect.served}"
         )
+    failed = [r for r in seen.records.get("primary", []) if str(r.get("outcome")).startswith("fault:")]
+    if expect.failed_at_most is not None and len(failed) > expect.failed_at_most:
+        failures.append(f"the failing primary was asked {len(failed)} times, expected at most {expect.failed_at_most}")
+    skips = [why for s in seen.server_spans for why in (s.attributes or {}).get("escalade.skipped", ())]
+    if expect.skipped is not None and not any(expect.skipped in why for why in skips):
+        failures.append(f"no request span says {expect.skipped!r} in escalade.skipped (saw {sorted(set(skips))})")
     return failures + _check_upstream(expect, seen)
 
 
@@ -518,7 +525,8 @@ def describe_error(error: Exception) -> str:
 
 def describe(seen: Seen) -> str:
     if seen.served:
-        return f"served {seen.served} (p: primary, b: backup, x: failed)"
+        failed = sum(str(r.get("outcome")).startswith("fault:") for r in seen.records.get("primary", []))
+        return f"served {seen.served} (p: primary, b: backup, x: failed); the failing primary was asked {failed}x"
     model = seen.headers.get("x-escalade-model")
     attempts = seen.headers.get("x-escalade-attempts")
     text = repr(seen.text if len(seen.text) <= 40 else seen.text[:37] + "...")

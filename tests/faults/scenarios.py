@@ -29,6 +29,9 @@ TEXT = {"primary": "lorem ipsum dolor sit", "backup": "lorem ipsum dolor"}
 
 SECRET_IN_ERROR = "sk-live-0123456789abcdefCANARY"
 """A key an upstream echoes in its error message: it must never reach the client."""
+CONTEXT_LENGTH = (
+    f"fault:context_length?message=This+model%27s+maximum+context+length+is+8192+tokens+%28account+{SECRET_IN_ERROR}%29"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,10 @@ class Expect:
     """The client leaves mid-answer: the upstream connection is closed within this many seconds."""
     served: str | None = None
     """A sequence of requests: regex over who answered each completely (p: primary, b: backup, x: nobody)."""
+    failed_at_most: int | None = None
+    """The primary was asked at most this many times while it was failing (the breaker spares it)."""
+    skipped: str | None = None
+    """Some request's SERVER span lists a skipped deployment with this reason (escalade.skipped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,10 @@ class Scenario:
     every_s: float = 0.0
     resilience: dict[str, object] = field(default_factory=dict)
     """The policy's resilience section (circuit breaker, retry budget)."""
+    route: dict[str, object] = field(default_factory=dict)
+    """More settings of the route `auto` (e.g. context_fallback)."""
+    models: dict[str, dict[str, object]] = field(default_factory=dict)
+    """More settings per deployment (e.g. context_window)."""
 
     def expect_for(self, mode: Mode) -> Expect:
         override = self.stream if mode == "stream" else self.unary
@@ -446,19 +457,37 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "400-context-length",
-        "400 context_length_exceeded whose message echoes a key",
-        primary=(
-            "fault:context_length?message=This+model%27s+maximum+context+length+is+8192+tokens+"
-            f"%28account+{SECRET_IN_ERROR}%29",
-        ),
-        backup=None,
+        "400 context_length_exceeded whose message echoes a key; the route has no context_fallback",
+        primary=(CONTEXT_LENGTH,),
         expect=Expect(
             error="BadRequestError",
             status=400,
             says="maximum context length is 8192 tokens",
             code="context_length_exceeded",
             spans=("primary:ContextLengthExceeded",),
-            upstream={"primary": 1},
+            upstream={"primary": 1, "backup": 0},
+        ),
+    ),
+    Scenario(
+        "400-context-length-fallback",
+        "400 context_length_exceeded; context_fallback on, the backup's window is larger (8k -> 128k)",
+        primary=(CONTEXT_LENGTH,),
+        route={"context_fallback": True},
+        models={"primary": {"context_window": 8192}, "backup": {"context_window": 128000}},
+        expect=fails_over(2, ("primary:ContextLengthExceeded", "backup"), upstream={"primary": 1, "backup": 1}),
+    ),
+    Scenario(
+        "400-context-length-no-larger",
+        "400 context_length_exceeded; context_fallback on, but the backup's window is no larger",
+        primary=(CONTEXT_LENGTH,),
+        route={"context_fallback": True},
+        models={"primary": {"context_window": 8192}, "backup": {"context_window": 8192}},
+        expect=Expect(
+            error="BadRequestError",
+            status=400,
+            code="context_length_exceeded",
+            spans=("primary:ContextLengthExceeded",),
+            upstream={"primary": 1, "backup": 0},
         ),
     ),
     Scenario(
@@ -498,11 +527,17 @@ SCENARIOS: tuple[Scenario, ...] = (
     # ------------------------------------------------------------ over time
     Scenario(
         "primary-flaps",
-        "the primary answers 503 for 1.5 s, then recovers; a request every 0.2 s for 3 s",
+        "the primary answers 503 for 1.5 s, then recovers; a request every 0.2 s for 3 s (breaker: open after 2 "
+        "failures in a row, probe after 0.5 s)",
         primary=("fault:outage?until={t+1.5}&tokens=4",),
         requests=15,
         every_s=0.2,
-        expect=Expect(served=r"b{2,}p{3,}"),  # every request answered; the primary again once it is back
+        resilience={"breaker": {"consecutive_failures": 2, "open_s": 0.5}},
+        expect=Expect(
+            served=r"b{2,}p{3,}",  # every request answered; by the primary again once it is back
+            failed_at_most=6,  # 2, then one probe per half-open spell (without a breaker: 2 per request, ~16)
+            skipped="primary: circuit open",
+        ),
     ),
     # ------------------------------------------------------------ the client leaves
     Scenario(
