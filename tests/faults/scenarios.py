@@ -470,25 +470,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "400-context-length-fallback",
-        "400 context_length_exceeded; context_fallback on, the backup's window is larger (8k -> 128k)",
+        "400 context_length_exceeded; context_fallback on, the backup's window is larger (8k -> 128k); "
+        "the other window rules: tests/integration/test_routing.py",
         primary=(CONTEXT_LENGTH,),
         route={"context_fallback": True},
         models={"primary": {"context_window": 8192}, "backup": {"context_window": 128000}},
         expect=fails_over(2, ("primary:ContextLengthExceeded", "backup"), upstream={"primary": 1, "backup": 1}),
-    ),
-    Scenario(
-        "400-context-length-no-larger",
-        "400 context_length_exceeded; context_fallback on, but the backup's window is no larger",
-        primary=(CONTEXT_LENGTH,),
-        route={"context_fallback": True},
-        models={"primary": {"context_window": 8192}, "backup": {"context_window": 8192}},
-        expect=Expect(
-            error="BadRequestError",
-            status=400,
-            code="context_length_exceeded",
-            spans=("primary:ContextLengthExceeded",),
-            upstream={"primary": 1, "backup": 0},
-        ),
     ),
     Scenario(
         "401-provider-key",
