@@ -24,7 +24,7 @@ from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
-from gateway.store.budget import charge, check_budget
+from gateway.store.admission import admit, settle
 from gateway.telemetry import server_span
 from policies.cost import usage_cost
 from policies.health import Outcome
@@ -80,7 +80,7 @@ async def _prepare(
     state = gateway_state(request)
     runtime = state.runtime  # read once: this request lives under this policy version
     principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
-    check_budget(state, principal.name)
+    await admit(state, principal.name)
     server = runtime.policy.server
     body = await read_body(request.stream(), request.headers.get("content-length"), server.max_request_bytes)
     inbound = decode_inbound(body, decode)
@@ -191,7 +191,7 @@ async def _unary(
         answer = await _until_disconnect(request, work)
         span.set_attribute("escalade.deployment", answer.candidate.name)
         cost = usage_cost(answer.candidate.model.price, answer.result.usage) if priced else None
-        charge(prep.state, prep.principal.name, cost)
+        settle(prep.state, prep.principal.name, cost, answer.result.usage)
         return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
 
 
@@ -286,7 +286,7 @@ async def _sse_body(
         if prep.dispatch.observers:
             notify(prep.dispatch.observers, _stream_end(prep, deployment, committed.started, usage, failure))
         price = prep.dispatch.runtime.policy.models[deployment].price
-        charge(prep.state, prep.principal.name, usage_cost(price, usage))
+        settle(prep.state, prep.principal.name, usage_cost(price, usage), usage)
 
 
 def _stream_end(prep: Prepared, deployment: str, started: float, usage: Any, failure: GatewayError | None) -> Outcome:
