@@ -223,11 +223,8 @@ async def _with_retries(
         with attempt_span(req, candidate, counter.n) as span:
             try:
                 result = await attempt(provider, call)
-            except GatewayError as error:
-                span.set_attribute("error.type", error.kind)
-                span.set_status(Status(StatusCode.ERROR, error.message))
-                if req.observers:
-                    notify(req.observers, failed_outcome(req.plan.route, candidate.name, error, started))
+            except BaseException as exc:
+                _attempt_failed(req, candidate.name, span, exc, started)
                 raise
         if req.observers:
             notify(req.observers, success_outcome(req.plan.route, candidate.name, result, started))
@@ -243,6 +240,18 @@ async def _with_retries(
     await asyncio.sleep(wait_first)
     retrying = AsyncRetrying(stop=stop_never, wait=wait, retry=decide, reraise=True, sleep=asyncio.sleep)
     return await retrying(one_attempt)
+
+
+def _attempt_failed(req: Request, deployment: str, span: Any, exc: BaseException, started: float) -> None:
+    """The span (and for a typed error the observers) learn how an attempt ended. A cancelled attempt
+    (the client left, or a hedge won) gets error.type too: it must not look finished in the trace."""
+    if isinstance(exc, asyncio.CancelledError):
+        span.set_attribute("error.type", "CancelledError")
+    elif isinstance(exc, GatewayError):
+        span.set_attribute("error.type", exc.kind)
+        span.set_status(Status(StatusCode.ERROR, exc.message))
+        if req.observers:
+            notify(req.observers, failed_outcome(req.plan.route, deployment, exc, started))
 
 
 def _within_budget(step: Step, guard: Store, deployment: str) -> Step:

@@ -835,6 +835,8 @@ class MockUpstream:
         }
         # Routing extension: matchers for other providers' paths, tried when the table above misses.
         self._matchers: list[Callable[[bytes, bytes, dict], Route | None]] = []
+        # Fault extension: more `fault:<name>` behaviours, tried before the built-in ones.
+        self._faults: dict[str, Callable[..., None]] = {}
         from tests.mock_upstream import extensions
 
         extensions.register(self)
@@ -842,6 +844,10 @@ class MockUpstream:
     def add_matcher(self, matcher: Callable[[bytes, bytes, dict], Route | None]) -> None:
         """``matcher(method, path, query)`` returns a Route for the paths it serves, else None."""
         self._matchers.append(matcher)
+
+    def add_fault(self, name: str, handler: Callable[..., None]) -> None:
+        """``fault:<name>`` runs ``handler(server, conn, rec, sc, route, body, stream, ka, rid, headers, dialect)``."""
+        self._faults[name] = handler
 
     def _resolve(self, method: bytes, path: bytes, query: dict) -> Route | None:
         fn = self._routes.get((method, path))
@@ -1122,6 +1128,9 @@ class MockUpstream:
         name = sc.name
         outcome = "fault:" + name
         path = rec["path"]
+        extra = self._faults.get(name)
+        if extra is not None:
+            return extra(self, conn, rec, sc, route, body, stream, ka, rid, headers, dialect)
         if name.isdigit():
             name, status = "status", int(name)
         else:
