@@ -107,7 +107,7 @@ class ModelConf(Conf):
 
 
 Strategy = Literal["priority", "weighted", "lowest_cost", "lowest_latency", "cascade"]
-IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset({"priority"})
+IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset({"priority", "cascade"})
 
 
 class HedgeConf(Conf):

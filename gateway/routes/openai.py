@@ -15,6 +15,7 @@ from litestar.response import Stream
 from msgspec import UNSET
 
 from gateway.auth import Principal, authenticate, authorize_route
+from gateway.cascade import Cascade
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
 from gateway.errors import ClientDisconnected
@@ -154,6 +155,8 @@ ProviderCall = Callable[[Provider, Inbound[Any], Call], Coroutine[Any, Any, Any]
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     prep = await _prepare(request, decode_chat_request, "chat", required_by_chat)
+    if prep.dispatch.plan.strategy == "cascade":
+        return await _cascade(request, prep)
     if prep.inbound.typed.is_stream:
         return await _stream(request, prep, lambda p, i, c: p.chat_stream(i, c))
     return await _unary(request, prep, lambda p, i, c: p.chat(i, c))
@@ -183,6 +186,20 @@ async def _unary(
         span.set_attribute("escalade.deployment", answer.candidate.name)
         cost = usage_cost(answer.candidate.model.price, answer.result.usage) if priced else None
         return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
+
+
+async def _cascade(request: Request[Any, Any, Any], prep: Prepared) -> Response[Any]:
+    """strategy cascade (gateway/cascade.py): rungs until an answer passes the gate; it leaves like any other."""
+    run = Cascade.for_request(prep.dispatch, prep.inbound, prep.principal, request.headers, prep.state.shadows)
+    streaming = prep.inbound.typed.is_stream
+    with server_span(f"chat {prep.dispatch.plan.route}", **_plan_attributes(prep.dispatch.plan)) as span:
+        answer = await _until_disconnect(request, run.stream() if streaming else run.unary())
+        span.set_attribute("escalade.deployment", answer.candidate.name)
+    headers = {**_headers(prep, answer, run.cost()), **run.headers()}
+    if not streaming:
+        return Response(content=encode(answer.result), media_type=JSON, headers=headers)
+    body = _sse_body(answer.result, prep, answer.candidate.name, want_usage=prep.inbound.typed.wants_usage_chunk)
+    return Stream(content=body, media_type=SSE, headers={**headers, "x-accel-buffering": "no"})
 
 
 @get("/v1/models")

@@ -114,11 +114,18 @@ def _supported_subset(doc: dict[str, Any]) -> dict[str, Any]:
     doc["routes"] = {
         n: r
         for n, r in doc["routes"].items()
-        if r.get("strategy", "priority") in IMPLEMENTED_STRATEGIES and (r.get("models") or r.get("rungs"))
+        if not _unimplemented_strategies(n, r) and (r.get("models") or r.get("rungs"))
     }
     for key in doc["keys"]:
         key["routes"] = [r for r in key["routes"] if r in doc["routes"]]
     return doc
+
+
+def _unimplemented_strategies(name: str, route: dict[str, Any]) -> list[str]:
+    """YAML paths of the strategies (the route's and its rungs') this version does not have."""
+    paths = [(f"$.routes.{name}.strategy", route.get("strategy", "priority"))]
+    paths += [(f"$.routes.{name}.rungs[{i}].strategy", r.get("strategy", "priority")) for i, r in enumerate(route.get("rungs", []))]
+    return [path for path, strategy in paths if strategy not in IMPLEMENTED_STRATEGIES]
 
 
 def test_policy_md_loads_in_every_part_this_version_supports() -> None:
@@ -160,14 +167,14 @@ def test_policy_md_unsupported_provider_types_are_named_as_such() -> None:
 def test_policy_md_unimplemented_strategies_are_the_only_other_problems() -> None:
     doc = _without_provider_types(_policy_md(), set(PROVIDER_TYPES))
     text = yaml.safe_dump(doc)
-    unimplemented = {n for n, r in doc["routes"].items() if r.get("strategy", "priority") not in IMPLEMENTED_STRATEGIES}
+    unimplemented = [path for n, r in doc["routes"].items() for path in _unimplemented_strategies(n, r)]
     if not unimplemented:
         parse_policy(text)
         return
     problems = problems_of(text)
     assert len(problems) == len(unimplemented)
-    for name in unimplemented:
-        assert any(f"`$.routes.{name}.strategy`" in p and "not available in this version" in p for p in problems), name
+    for path in unimplemented:
+        assert any(f"`{path}`" in p and "not available in this version" in p for p in problems), path
 
 
 def test_readme_policy_example_loads() -> None:
