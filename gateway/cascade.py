@@ -124,10 +124,10 @@ class _Held:
         return sum(builder.tokens() for builder in self.builders.values())
 
     def reached(self, prefix: int) -> bool:
-        """Every choice has `prefix` answer tokens or has finished."""
-        return bool(self.builders) and all(
-            index in self.finished or builder.tokens() >= prefix for index, builder in self.builders.items()
-        )
+        """Every unfinished choice has `prefix` answer tokens. Once every choice has finished, only the
+        stream's end is left to read: the gate then sees the whole answer."""
+        unfinished = [b for index, b in self.builders.items() if index not in self.finished]
+        return bool(unfinished) and all(builder.tokens() >= prefix for builder in unfinished)
 
     def verdict(self, conf: GateConf, expect: Any, *, complete: bool) -> Verdict:
         if not self.builders:
@@ -180,7 +180,7 @@ class Cascade:
     # ------------------------------------------------------------ what the answer says about the walk
 
     def headers(self) -> dict[str, str]:
-        answered = self.steps[-1]
+        answered = next(step for step in reversed(self.steps) if step.action in ("pass", "answer"))
         return {
             "x-escalade-rung": str(answered.rung),
             "x-escalade-escalations": str(escalations(self.steps)),
@@ -201,7 +201,7 @@ class Cascade:
             result: ChatCompletion = answer.result
             cost = self._spend(answer.candidate, result.usage)
             if not gated:
-                self._step(Step(rung.number, "answer", answer.candidate.name, cost_usd=cost))
+                self._answered(rung, answer.candidate, cost)
                 return self._final(answer)
             verdict = self._judge_choices(result)
             self._judged(rung, answer.candidate, verdict, cost)
@@ -237,7 +237,7 @@ class Cascade:
                 continue
             if not gated:
                 self.cost_known = False
-                self._step(Step(rung.number, "answer", answer.candidate.name))
+                self._answered(rung, answer.candidate, None)
                 return self._final(answer)
             committed: Committed[ChatCompletionChunk] = answer.result
             verdict = held.verdict(self.gate, self.expect, complete=committed.ended)
@@ -350,6 +350,12 @@ class Cascade:
             cost = estimate_cost(candidate.model.price, Size(self.size.prompt_tokens, output))
         self.spent += cost
         return cost
+
+    def _answered(self, rung: Rung, candidate: Candidate, cost: float | None) -> None:
+        """The ungated answer; the rungs after it that the budget ruled out are reported as skipped."""
+        self._step(Step(rung.number, "answer", candidate.name, cost_usd=cost))
+        for later in self.rungs[self.rungs.index(rung) + 1 :]:
+            self._step(Step(later.number, "skip", why="budget"))
 
     def _judged(self, rung: Rung, candidate: Candidate, verdict: Verdict, cost: float) -> None:
         action = "pass" if verdict.passed else "fail"
