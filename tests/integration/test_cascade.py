@@ -373,3 +373,19 @@ def test_the_server_span_says_which_rung_answered_and_why(make_gateway, mock, sp
     clients = [s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT]
     assert [s.attributes["escalade.deployment"] for s in clients] == ["small", "large"]
     assert "private prompt" not in json.dumps([dict(s.attributes) for s in spans.get_finished_spans()])
+
+
+def test_shadow_calls_never_delay_the_client_are_bounded_and_cancelled_on_shutdown(make_gateway, mock, tmp_path):
+    log = tmp_path / "shadow.jsonl"
+    slow = {"connect_s": 1, "headers_s": 60, "first_token_s": 60, "idle_s": 60, "total_s": 60}
+    gw = make_gateway(cascade(large="fault:never", shadow={"rate": 1.0, "log": str(log)}), timeouts=slow)
+    for _ in range(6):
+        assert ask(gw, False).rung == 0  # answered while the earlier shadow calls hang
+    mock.wait_for(lambda records: sum(r["model"] == "fault:never" for r in records) >= 4)
+    assert gw.state.shadows.in_flight == 4 and gw.state.shadows.dropped == 2  # at most 4 at once
+    gw.stop()  # joins the gateway thread for up to 15 s; the shadow calls would hang for 60
+    assert not gw._thread.is_alive() and gw.state.shadows.in_flight == 0
+    shadows = [r for r in mock.records() if r["model"] == "fault:never"]
+    assert len(shadows) == 4
+    mock.wait_for(lambda _: all(r["outcome"] == "client_closed" for r in shadows))
+    assert not log.exists()
