@@ -4,7 +4,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 
 from gateway.errors import HANDLERS
-from gateway.routes import admin, health, openai
+from gateway.routes import admin, health, openai, state_admin
 from gateway.state import GatewayState
 
 
@@ -22,7 +22,7 @@ def create_app(state: GatewayState) -> Litestar:
 
 def create_admin_app(state: GatewayState) -> Litestar:
     return Litestar(
-        route_handlers=[*admin.ROUTES, *health.ROUTES],
+        route_handlers=[*admin.ROUTES, *state_admin.ROUTES, *health.ROUTES],
         state=State({"gateway": state}),
         exception_handlers=HANDLERS,
         openapi_config=None,

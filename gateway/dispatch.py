@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, RetryCallState, stop_never
 
 from gateway.observe import Observer, notify
 from gateway.runtime import Runtime
+from gateway.store.base import Store
 from gateway.telemetry import tracer, tracing_active
 from policies.health import Outcome
 from policies.retry import Step, next_step
@@ -62,6 +63,8 @@ class Request:
     plan: Plan
     observers: Sequence[Observer] = ()
     """Told the Outcome of every upstream attempt (the state store, metrics)."""
+    guard: Store | None = None
+    """The state store: half-open probe claims and the retry budget (None: neither applies)."""
 
 
 async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
@@ -74,6 +77,11 @@ async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
     attempts = 0
     candidates = req.plan.candidates
     for index, candidate in enumerate(candidates):
+        guard = req.guard
+        if guard is not None and guard.half_open(candidate.name) and not await guard.claim_probe(candidate.name):
+            continue  # its circuit waits for one probe, and another request is it
+        if guard is not None:
+            guard.first_attempt(candidate.name)
         provider = req.runtime.providers[candidate.model.provider]
         is_last = index == len(candidates) - 1
         counter = _Counter()
@@ -86,7 +94,9 @@ async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
                 break
             continue
         return Answer(result=result, candidate=candidate, attempts=attempts + counter.n)
-    raise first_error or NoEligibleRoute(f"route {req.plan.route} has no deployment to try")
+    raise first_error or NoEligibleRoute(
+        f"route {req.plan.route} has no deployment to try (half-open circuits are being probed)", retry_after_s=1.0
+    )
 
 
 class _Counter:
@@ -112,6 +122,8 @@ async def _with_retries(
             deadline=req.deadline,
             rand=random.random(),  # noqa: S311 - jitter, not cryptography
         )
+        if step.action == "retry" and req.guard is not None:
+            step = _within_budget(step, req.guard, candidate.name)
         error.escalade_step = step.action  # type: ignore[attr-defined]
         return step
 
@@ -161,6 +173,11 @@ async def _with_retries(
     await asyncio.sleep(wait_first)
     retrying = AsyncRetrying(stop=stop_never, wait=wait, retry=decide, reraise=True, sleep=asyncio.sleep)
     return await retrying(one_attempt)
+
+
+def _within_budget(step: Step, guard: Store, deployment: str) -> Step:
+    """A retry the deployment's retry budget cannot pay for becomes a fallback."""
+    return step if guard.allow_retry(deployment) else Step("fallback", reason="retry budget spent")
 
 
 def failed_outcome(route: str, deployment: str, error: GatewayError, started: float) -> Outcome:

@@ -19,6 +19,7 @@ from gateway.app import create_admin_app, create_app
 from gateway.reload import PolicyWatcher
 from gateway.runtime import build_runtime, retire
 from gateway.state import GatewayState, ReloadStatus
+from gateway.store.keeper import StoreKeeper
 from gateway.telemetry import setup_tracing
 from local_engine.fleet import Engines
 from local_engine.runfiles import default_run_dir
@@ -123,6 +124,7 @@ class Gateway:
                 raise ValueError("admin_listen is not loopback: set server.admin_token_env to protect it")
             self._servers.append(_Server(_uvicorn_config(create_admin_app(self.state), self.admin_host, admin_port)))
         self._watcher = PolicyWatcher(self.state, server_conf.reload_interval_s)
+        self.state.keeper = StoreKeeper(self.state)
         self.state.engines = policy_engines(
             self.state.runtime.policy, owner="serve", on_change=self.state.engine_changed
         )
@@ -158,6 +160,7 @@ class Gateway:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._begin_stop)
+        await self.state.keeper.start()
         self._watcher.start()
         self.state.engines.start()
         try:
@@ -165,6 +168,7 @@ class Gateway:
         finally:
             await self._watcher.stop()
             await self.state.shadows.aclose()
+            await self.state.keeper.stop()
             await self.state.engines.stop()  # after the listeners drained: in-flight requests finish first
             await retire(self.state.runtime, None, grace_s=0)
 

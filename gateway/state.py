@@ -3,6 +3,7 @@
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.observe import Observer
 from gateway.runtime import Runtime
@@ -46,6 +47,10 @@ class GatewayState:
     """Told the Outcome of every upstream attempt and of every committed stream's end."""
     shadows: Shadows = field(default_factory=Shadows)
     """Cascade shadow calls in flight (gateway/shadow.py); cancelled on shutdown."""
+    store: Any = None
+    """The live state store (gateway.store.Store): health snapshot keeper, probe claims, retry budget, spend."""
+    keeper: Any = None
+    """gateway.store.keeper.StoreKeeper: owns `store` (rebuilds it when a reload changes `state:`)."""
 
     def engine_changed(self, status: EngineStatus) -> None:
         """Supervisor callback: publish the engine's new state to routing."""

@@ -22,7 +22,9 @@ async def healthz() -> Response[bytes]:
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Ready to take traffic: a policy is loaded, the gateway is not shutting down, and at least one
     route has a deployment it can use now (a route whose only deployments are on local engines that
-    are still starting, or down, cannot). The body says which engines are up and which routes wait.
+    are still starting, or down, cannot). The body says which engines are up and which routes wait,
+    and whether the state store is shared and reachable (a gateway whose Redis is down still serves,
+    on its own state: `state.degraded` says so, and readiness stays OK).
     """
     state: GatewayState = request.app.state.gateway
     waiting = _routes_waiting(state)
@@ -35,6 +37,8 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
         detail["engines"] = _engines(state)
     if waiting:
         detail["routes_waiting"] = waiting
+    if state.keeper is not None:
+        detail["state"] = state.keeper.status()  # a degraded shared store is reported, never "not ready"
     return Response(content=encode(detail), media_type="application/json", status_code=200 if ready else 503)
 
 

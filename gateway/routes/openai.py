@@ -23,6 +23,7 @@ from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
+from gateway.store.budget import charge, check_budget
 from gateway.telemetry import server_span
 from policies.cost import usage_cost
 from policies.health import Outcome
@@ -78,6 +79,7 @@ async def _prepare(
     state = gateway_state(request)
     runtime = state.runtime  # read once: this request lives under this policy version
     principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
+    check_budget(state, principal.name)
     server = runtime.policy.server
     body = await read_body(request.stream(), request.headers.get("content-length"), server.max_request_bytes)
     inbound = decode_inbound(body, decode)
@@ -97,6 +99,7 @@ async def _prepare(
             runtime=runtime,
             plan=the_plan,
             observers=state.observers,
+            guard=state.store,
         ),
     )
 
@@ -185,6 +188,7 @@ async def _unary(
         answer = await _until_disconnect(request, work)
         span.set_attribute("escalade.deployment", answer.candidate.name)
         cost = usage_cost(answer.candidate.model.price, answer.result.usage) if priced else None
+        charge(prep.state, prep.principal.name, cost)
         return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
 
 
@@ -292,6 +296,8 @@ async def _sse_body(
             await aclose()
         if prep.dispatch.observers:
             notify(prep.dispatch.observers, _stream_end(prep, deployment, committed.started, usage, failure))
+        price = prep.dispatch.runtime.policy.models[deployment].price
+        charge(prep.state, prep.principal.name, usage_cost(price, usage))
 
 
 def _stream_end(prep: Prepared, deployment: str, started: float, usage: Any, failure: GatewayError | None) -> Outcome:
