@@ -23,14 +23,14 @@ from typing import Any
 import msgspec
 from opentelemetry import trace
 
-from gateway.auth import Principal
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
 from gateway.shadow import Accepted, Shadows, shadow_call
+from gateway.store.budget import BudgetExceeded
 from gateway.telemetry import tracing_active
 from policies.cascade import (
     COST_CAP_HEADER,
-    BudgetExceeded,
+    CostCapExceeded,
     Rung,
     Step,
     can_follow,
@@ -57,13 +57,8 @@ from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatReque
 from providers.schema.codec import encode
 
 Attempt = Callable[[Provider, Call], Awaitable[Any]]
-
-
-def key_budget_left(principal: Principal) -> float | None:
-    """HOOK for per-key budgets (KeyConf.budget): the USD this key may still spend now, or None when it
-    has no budget. The budget store fills this in; a rung whose estimate exceeds it is then skipped
-    like one over the route's cap."""
-    return None
+Charge = Callable[[float], None]
+"""Bills a rung's cost to the client's key (gateway/store/budget.py charge)."""
 
 
 def _report(route: str, steps: list[Step], step: Step) -> None:
@@ -143,7 +138,15 @@ class Cascade:
     `cost()` then describe what happened."""
 
     def __init__(
-        self, req: Dispatch, inbound: Inbound[ChatRequest], *, body_bytes: int, cap: float | None, shadows: Shadows
+        self,
+        req: Dispatch,
+        inbound: Inbound[ChatRequest],
+        *,
+        body_bytes: int,
+        request_cap: float | None = None,
+        key_left: float | None = None,
+        shadows: Shadows,
+        charge: Charge = lambda usd: None,
     ) -> None:
         self.req = req
         self.inbound = inbound
@@ -152,7 +155,10 @@ class Cascade:
         self.expect = expectations(inbound.typed)
         n = inbound.typed.n if isinstance(inbound.typed.n, int) else 1
         self.size = request_size(body_bytes, inbound.typed.output_cap, n)
-        self.limit = cost_limit(self.route.max_cost_usd, cap)
+        self.limit = cost_limit(self.route.max_cost_usd, request_cap, key_left)
+        self.key_limits = key_left is not None and key_left == self.limit
+        """The key's budget is the tightest cap: running out of it is the key's 429, not a 400."""
+        self.charge = charge
         self.rungs = rungs_of(req.plan)
         self.shadows = shadows
         self.steps: list[Step] = []
@@ -167,15 +173,20 @@ class Cascade:
         cls,
         req: Dispatch,
         inbound: Inbound[ChatRequest],
-        principal: Principal,
         headers: Mapping[str, str],
+        *,
+        key_left: float | None,
         shadows: Shadows,
+        charge: Charge,
     ) -> "Cascade":
-        """The cascade for a client request: its size from the body it sent, its cap from its header."""
+        """The cascade for a client request: its size from the body it sent, its cap from its header and
+        what is left of its key's budget (`key_left`, None: no key budget)."""
         length = headers.get("content-length")
         body_bytes = int(length) if length and length.isdigit() else len(encode(inbound.raw))
-        cap = cost_limit(request_cap(headers.get(COST_CAP_HEADER)), key_budget_left(principal))
-        return cls(req, inbound, body_bytes=body_bytes, cap=cap, shadows=shadows)
+        cap = request_cap(headers.get(COST_CAP_HEADER))
+        return cls(
+            req, inbound, body_bytes=body_bytes, request_cap=cap, key_left=key_left, shadows=shadows, charge=charge
+        )
 
     # ------------------------------------------------------------ what the answer says about the walk
 
@@ -200,6 +211,7 @@ class Cascade:
                 continue
             result: ChatCompletion = answer.result
             cost = self._spend(answer.candidate, result.usage)
+            self.charge(cost)
             if not gated:
                 self._answered(rung, answer.candidate, cost)
                 return self._final(answer)
@@ -246,6 +258,7 @@ class Cascade:
             self._judged(rung, answer.candidate, verdict, cost)
             if verdict.passed:
                 return self._final(replace(answer, result=self._release(committed, held, verdict, cost)))
+            self.charge(cost)  # a passed-over rung; the stream that answers is billed by the relay at its end
             await _close(committed.rest)
         raise self._exhausted()
 
@@ -374,12 +387,13 @@ class Cascade:
         route = self.req.plan.route
         if any(step.action == "skip" for step in self.steps):
             cap = f"${self.limit:.6f}" if self.limit is not None else "the cap"
+            cap = f"this key's remaining budget ({cap})" if self.key_limits else f"the cost cap of {cap}"
             if not self.steps or all(step.action == "skip" for step in self.steps):
                 cheapest = min(estimate(c, self.size) for r in self.rungs for c in r.candidates)
-                why = f"no rung of route {route} fits the cost cap of {cap} (the cheapest needs about ${cheapest:.6f})"
+                why = f"no rung of route {route} fits {cap} (the cheapest needs about ${cheapest:.6f})"
             else:
                 why = f"route {route}: the answer failed the gate and no later rung fits what is left of {cap}"
-            return BudgetExceeded(why)
+            return BudgetExceeded(why) if self.key_limits else CostCapExceeded(why)
         return UpstreamTimeout(f"route {route}: the request's time ran out before a rung answered")
 
     # ------------------------------------------------------------ shadow mode

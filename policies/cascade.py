@@ -23,9 +23,9 @@ GATE_TOP_LOGPROBS = 5
 """Alternatives per token a gated rung is asked for: enough for the top-1/top-2 margin."""
 
 
-class BudgetExceeded(InvalidRequest):
+class CostCapExceeded(InvalidRequest):
     """No rung of a cascade fits the request's cost cap (the route's max_cost_usd, the request's own
-    x-escalade-max-cost-usd, the key's budget)."""
+    x-escalade-max-cost-usd). A key's spent budget is a 429 instead (gateway/store/budget.py)."""
 
     code = "budget_exceeded"
 

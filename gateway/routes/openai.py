@@ -23,7 +23,7 @@ from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
-from gateway.store.budget import charge, check_budget
+from gateway.store.budget import budget_left, charge, check_budget
 from gateway.telemetry import server_span
 from policies.cost import usage_cost
 from policies.health import Outcome
@@ -194,7 +194,15 @@ async def _unary(
 
 async def _cascade(request: Request[Any, Any, Any], prep: Prepared) -> Response[Any]:
     """strategy cascade (gateway/cascade.py): rungs until an answer passes the gate; it leaves like any other."""
-    run = Cascade.for_request(prep.dispatch, prep.inbound, prep.principal, request.headers, prep.state.shadows)
+    key = prep.principal.name
+    run = Cascade.for_request(
+        prep.dispatch,
+        prep.inbound,
+        request.headers,
+        key_left=budget_left(prep.state, key),
+        shadows=prep.state.shadows,
+        charge=lambda usd: charge(prep.state, key, usd),
+    )
     streaming = prep.inbound.typed.is_stream
     with server_span(f"chat {prep.dispatch.plan.route}", **_plan_attributes(prep.dispatch.plan)) as span:
         answer = await _until_disconnect(request, run.stream() if streaming else run.unary())

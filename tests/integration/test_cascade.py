@@ -5,6 +5,7 @@ What a client sees (the answer, x-escalade-* headers, in-band errors) and what r
 (the mock's request log), for unary and streaming requests in both hold modes.
 """
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -287,6 +288,53 @@ def test_when_no_rung_fits_the_cap_the_request_is_refused(make_gateway, mock):
     with pytest.raises(openai.BadRequestError) as bad:
         ask(gw, False, extra_headers={"x-escalade-max-cost-usd": "lots"})
     assert bad.value.body["param"] == "x-escalade-max-cost-usd"
+
+
+def keyed(sections: dict, usd: float) -> dict:
+    """The sections plus a client key `k` (sent as sk-cascade) with a daily budget of `usd`."""
+    digest = hashlib.sha256(b"sk-cascade").hexdigest()
+    return {**sections, "keys": [{"name": "k", "key_sha256": digest, "budget": {"usd": usd, "period": "day"}}]}
+
+
+def ask_as_key(gw, stream: bool, **kw: Any) -> Reply:
+    gw_client = openai.OpenAI(base_url=gw.base_url, api_key="sk-cascade", max_retries=0, timeout=30)
+    args = {"model": "auto", "messages": user(), **kw}
+    if not stream:
+        raw = gw_client.chat.completions.with_raw_response.create(**args)
+        return Reply(raw.headers, raw.parse().choices[0].message.content, raw.parse().choices[0], None)
+    with gw_client.chat.completions.with_streaming_response.create(**args, stream=True) as raw:
+        chunks = list(raw.parse())
+        return Reply(raw.headers, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), None, chunks)
+
+
+def test_what_is_left_of_the_key_budget_caps_the_ladder(make_gateway, mock):
+    gw = make_gateway(keyed(cascade("replay:unsure"), usd=0.000001))
+    reply = ask_as_key(gw, False)
+    assert reply.headers["x-escalade-model"] == "small" and reply.gate == "rung=0 answer; rung=1 skip=budget"
+    priced = cascade()
+    priced["models"]["small"]["price"] = {"input_per_mtok": 1.0, "output_per_mtok": 1.0}
+    gw = make_gateway(keyed(priced, usd=0.000001))
+    with pytest.raises(openai.RateLimitError) as info:  # the key's money, not the request: 429
+        ask_as_key(gw, False)
+    assert info.value.body["code"] == "budget_exceeded" and "remaining budget" in info.value.message
+
+
+def test_the_key_pays_for_every_rung_streamed_or_not(make_gateway, mock):
+    sections = cascade("replay:unsure")
+    sections["models"]["small"]["price"] = {"input_per_mtok": 100.0, "output_per_mtok": 100.0}
+    spent = []
+    for stream in (False, True):
+        gw = make_gateway(keyed(sections, usd=1.0))
+        reply = ask_as_key(gw, stream)
+        assert reply.rung == 1
+        if not stream:
+            assert gw.state.store.spent("k", "day") == pytest.approx(float(reply.headers["x-escalade-cost-usd"]))
+        else:
+            mock.wait_for(lambda _: (gw.state.store.spent("k", "day") or 0) >= spent[0] * 0.999)
+        spent.append(gw.state.store.spent("k", "day"))
+    small = (7 + 11) * 100.0 / 1e6  # the rejected local answer: 7 prompt + 11 answer tokens (mock usage)
+    large = (7 * 1.0 + 4 * 10.0) / 1e6  # the large rung's answer: 4 tokens
+    assert spent[0] == pytest.approx(small + large) and spent[1] == pytest.approx(spent[0])  # both rungs, both ways
 
 
 # ---------------------------------------------------------------- shadow mode
