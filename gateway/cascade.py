@@ -300,19 +300,17 @@ class Cascade:
         committed.rest = self._live(committed.rest, held if shadow else None, verdict)
         return committed
 
-    async def _live(
-        self, rest: AsyncIterator[ChatCompletionChunk], held: _Held | None, verdict: Verdict
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        try:
-            async for chunk in rest:
-                if held is not None:
-                    held.add(chunk)
-                self._for_client(chunk)
-                yield chunk
-        finally:
-            await _close(rest)
-        if held is not None:
-            self._shadow(Accepted(held.first_sample(), verdict, None, _joined(held.text)))
+    def _live(self, rest: AsyncIterator[ChatCompletionChunk], held: _Held | None, verdict: Verdict) -> "_Live":
+        def on_chunk(chunk: ChatCompletionChunk) -> None:
+            if held is not None:
+                held.add(chunk)
+            self._for_client(chunk)
+
+        def on_end() -> None:
+            if held is not None:
+                self._shadow(Accepted(held.first_sample(), verdict, None, _joined(held.text)))
+
+        return _Live(rest, on_chunk, on_end)
 
     def _for_client(self, chunk: ChatCompletionChunk) -> None:
         for choice in chunk.choices:
@@ -405,6 +403,36 @@ class Cascade:
     def _shadow(self, accepted: Accepted) -> None:
         target = self.rungs[-1]
         self.shadows.submit(shadow_call(self.shadows, self.req, self.inbound, target, accepted))
+
+
+class _Live:
+    """The rest of a prefix-committed stream as the client gets it. A class, not an async generator:
+    `aclose()` must close the upstream stream even when the relay never started reading it."""
+
+    def __init__(
+        self,
+        rest: AsyncIterator[ChatCompletionChunk],
+        on_chunk: Callable[[ChatCompletionChunk], None],
+        on_end: Callable[[], None],
+    ) -> None:
+        self._rest = rest
+        self._on_chunk = on_chunk
+        self._on_end = on_end
+
+    def __aiter__(self) -> "_Live":
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        try:
+            chunk = await anext(self._rest)
+        except StopAsyncIteration:
+            self._on_end()
+            raise
+        self._on_chunk(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        await _close(self._rest)
 
 
 async def _hold(committed: Committed[ChatCompletionChunk], held: _Held, call: Call, prefix: int | None) -> None:
