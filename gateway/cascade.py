@@ -53,7 +53,7 @@ from policies.router import Candidate, capabilities_of
 from policies.schema import GateConf
 from providers.base import Call, Inbound, Provider
 from providers.errors import GatewayError, UpstreamTimeout
-from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
+from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatRequest, ChunkChoice, Usage
 from providers.schema.codec import encode
 
 Attempt = Callable[[Provider, Call], Awaitable[Any]]
@@ -104,8 +104,7 @@ class _Held:
             builder = self.builders.get(choice.index)
             if builder is None:
                 builder = self.builders[choice.index] = SampleBuilder()
-            one = chunk if len(chunk.choices) == 1 else msgspec.structs.replace(chunk, choices=[choice])
-            builder.add(one)
+            builder.add(_as_only_choice(chunk, choice))
             if choice.finish_reason:
                 self.finished.add(choice.index)
             if self.text is not None and choice.index == 0 and isinstance(choice.delta.content, str):
@@ -403,6 +402,14 @@ class Cascade:
     def _shadow(self, accepted: Accepted) -> None:
         target = self.rungs[-1]
         self.shadows.submit(shadow_call(self.shadows, self.req, self.inbound, target, accepted))
+
+
+def _as_only_choice(chunk: ChatCompletionChunk, choice: ChunkChoice) -> ChatCompletionChunk:
+    """The chunk as a builder sees it: a SampleBuilder follows one choice, index 0 (n > 1 gets one
+    builder per choice, each fed its choice as index 0)."""
+    if choice.index == 0 and len(chunk.choices) == 1:
+        return chunk
+    return msgspec.structs.replace(chunk, choices=[msgspec.structs.replace(choice, index=0)])
 
 
 class _Live:

@@ -118,16 +118,18 @@ async def shadow_call(
     if not answer.result.choices:
         return
     large = answer.result.choices[0]
+    reference = sample_of(large)
     record = CalibrationRecord(
         route=req.plan.route,
         score=accepted.verdict.score,
-        correct=None,
-        agree=agreement(accepted.sample, sample_of(large)),
-        cost_small=accepted.cost_usd,
-        cost_large=usage_cost(answer.candidate.model.price, answer.result.usage),
-        features=accepted.verdict.features,
+        agree=agreement(_answer(accepted.sample), _answer(reference)),
+        cost_small=accepted.cost_usd or 0.0,
+        cost_large=usage_cost(answer.candidate.model.price, answer.result.usage) or 0.0,
+        features=dict(accepted.verdict.features),
         request_id=req.request_id,
         at=time.time(),
+        weight=1.0 / conf.rate,
+        failed=[check for check in accepted.verdict.failed if check != "score"],
     )
     line = msgspec.json.encode(record)
     if route.record_content:
@@ -138,6 +140,11 @@ async def shadow_call(
         }
         line = line[:-1] + b',"content":' + msgspec.json.encode(content) + b"}"
     await shadows.append(conf.log, line)
+
+
+def _answer(sample: Sample) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """What `agreement` compares: the answer's text and tool calls."""
+    return sample.content, tuple(sample.tool_calls)
 
 
 def _unary(inbound: Inbound[ChatRequest]) -> Inbound[ChatRequest]:

@@ -358,7 +358,8 @@ def test_shadow_mode_asks_the_last_rung_too_and_logs_the_pair(make_gateway, mock
     assert reply.rung == 0 and reply.headers["x-escalade-model"] == "small"
     [record] = read_records(log, 1)
     assert record["route"] == "auto" and record["request_id"] == reply.headers["x-request-id"]
-    assert 0 <= record["agree"] <= 1 and record["score"] > 0.6
+    assert record["agree"] is False and record["score"] > 0.6  # two different answers; a confident local one
+    assert record["weight"] == 1.0 and record["failed"] == []
     assert record["cost_large"] > 0
     assert "secret question" not in log.read_text() and "content" not in record
     assert sorted(models_called(mock)) == sorted(["replay:confident", LARGE])
@@ -368,12 +369,13 @@ def test_shadow_mode_asks_the_last_rung_too_and_logs_the_pair(make_gateway, mock
 
 def test_shadow_records_content_only_when_the_route_records_content(make_gateway, mock, tmp_path):
     log = tmp_path / "shadow.jsonl"
-    sections = cascade(shadow={"rate": 1.0, "log": str(log)})
+    same = "ok?text=" + "The capital of France is Paris, a city on the Seine.".replace(" ", "+")
+    sections = cascade(large=same, shadow={"rate": 1.0, "log": str(log)})
     sections["routes"]["auto"]["record_content"] = True
     ask(make_gateway(sections), False, messages=user("where is the Louvre"))
     [record] = read_records(log, 1)
     assert record["content"]["prompt"][0]["content"] == "where is the Louvre"
-    assert record["content"]["small"].startswith("The capital") and record["content"]["large"] == LARGE_TEXT
+    assert record["content"]["small"] == record["content"]["large"] and record["agree"] is True
 
 
 def test_shadow_rate_zero_and_escalated_answers_make_no_shadow_call(make_gateway, mock, tmp_path):

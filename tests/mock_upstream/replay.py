@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Recording:
     text: str = ""
-    lp: float = -0.02
-    """Logprob of each answer token (small per-token jitter is added)."""
-    gap: float = 4.0
+    lp: float = -0.0005
+    """Logprob of each answer token (a small per-token jitter makes it up to 20 % lower)."""
+    gap: float = 8.0
     """Distance from the chosen token's logprob to the best alternative's."""
     doubt_after: int | None = None
     """From this answer token on, tokens are unsure (lp -1.6, gap 0.15)."""
@@ -87,10 +87,10 @@ def recording_of(sc: Scenario) -> Recording | None:
 
 def _token_lp(rec: Recording, i: int, answer: bool) -> tuple[float, float]:
     """(logprob, gap to the first alternative) of token i: deterministic, slightly uneven."""
-    jitter = ((i * 7) % 5) * 0.004
+    jitter = 1 + ((i * 7) % 5) * 0.05
     if answer and rec.doubt_after is not None and i >= rec.doubt_after:
-        return -1.6 - jitter, 0.15
-    return min(0.0, rec.lp - jitter), rec.gap
+        return -1.6 * jitter, 0.15
+    return min(0.0, rec.lp * jitter), rec.gap
 
 
 def _entry(tok: str, lp: float, gap: float, top: int) -> dict[str, Any]:
