@@ -439,3 +439,13 @@ def test_shadow_calls_never_delay_the_client_are_bounded_and_cancelled_on_shutdo
     assert len(shadows) == 4
     mock.wait_for(lambda _: all(r["outcome"] == "client_closed" for r in shadows))
     assert not log.exists()
+
+
+@pytest.mark.parametrize(("stream", "hold"), MODES)
+def test_every_choice_of_an_n_answer_is_judged(make_gateway, mock, stream, hold):
+    confident = ask(make_gateway(cascade(hold=hold)), stream, n=2)
+    assert confident.rung == 0
+    unsure = ask(make_gateway(cascade("replay:unsure", hold=hold)), stream, n=2)
+    assert unsure.rung == 1 and unsure.headers["x-escalade-model"] == "large"
+    if stream:
+        assert {c.choices[0].index for c in confident.chunks if c.choices} == {0, 1}
