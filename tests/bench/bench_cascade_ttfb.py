@@ -35,8 +35,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.mock_upstream import run_in_thread  # noqa: E402
-from tests.support.gateway import GatewayThread, mock_policy, write_policy  # noqa: E402
+from tests.mock_upstream import run_in_thread
+from tests.support.gateway import GatewayThread, mock_policy, write_policy
 
 ANSWER = (
     "The capital of France is Paris, a city on the Seine known for its museums, its cafes, "
@@ -107,7 +107,7 @@ def main() -> int:
             }
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
             with httpx.Client(timeout=30) as client:
-                for name, (url, route) in rows.items():  # warm-up: connections, first-request costs
+                for url, route in rows.values():  # warm-up: connections, first-request costs
                     one(client, url, route)
                 for _ in range(args.requests):
                     for name, (url, route) in rows.items():

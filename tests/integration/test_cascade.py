@@ -134,10 +134,11 @@ def test_logprobs_the_client_asked_for_are_kept_at_its_own_top_logprobs(make_gat
 def test_reasoning_is_held_with_the_answer_and_delivered_in_order(make_gateway, mock):
     gw = make_gateway(cascade("replay:thinking"))
     reply = ask(gw, True)
-    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning") or "" for c in reply.chunks if c.choices)
+    deltas = [c.choices[0].delta for c in reply.chunks if c.choices]
+    reasoning = "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas)
     assert reasoning == "The user asks for a capital. France: Paris."
-    first_reasoning = next(i for i, c in enumerate(reply.chunks) if c.choices and c.choices[0].delta.model_extra.get("reasoning"))
-    first_answer = next(i for i, c in enumerate(reply.chunks) if c.choices and c.choices[0].delta.content)
+    first_reasoning = next(i for i, d in enumerate(deltas) if (d.model_extra or {}).get("reasoning"))
+    first_answer = next(i for i, d in enumerate(deltas) if d.content)
     assert first_reasoning < first_answer and reply.rung == 0
 
 
@@ -330,7 +331,8 @@ def test_the_key_pays_for_every_rung_streamed_or_not(make_gateway, mock):
         if not stream:
             assert gw.state.store.spent("k", "day") == pytest.approx(float(reply.headers["x-escalade-cost-usd"]))
         else:
-            mock.wait_for(lambda _: (gw.state.store.spent("k", "day") or 0) >= spent[0] * 0.999)
+            store = gw.state.store
+            mock.wait_for(lambda _, store=store: (store.spent("k", "day") or 0) >= spent[0] * 0.999)
         spent.append(gw.state.store.spent("k", "day"))
     small = (7 + 11) * 100.0 / 1e6  # the rejected local answer: 7 prompt + 11 answer tokens (mock usage)
     large = (7 * 1.0 + 4 * 10.0) / 1e6  # the large rung's answer: 4 tokens

@@ -111,7 +111,8 @@ def test_min_score_needs_logprobs_on_every_gated_rung_but_not_the_last():
 def test_rungs_group_the_plan_in_order_and_drop_emptied_rungs():
     policy = policy_with(auto=LADDER)
     rungs = rungs_of(plan(policy, "auto"))
-    assert [(r.number, [c.name for c in r.candidates]) for r in rungs] == [(0, ["small"]), (1, ["small"]), (2, ["big", "bigger"])]
+    expected = [(0, ["small"]), (1, ["small"]), (2, ["big", "bigger"])]
+    assert [(r.number, [c.name for c in r.candidates]) for r in rungs] == expected
     assert [r.candidates[0].overrides.get("reasoning_effort") for r in rungs] == ["none", "high", None]
     needs_vision = rungs_of(plan(policy, "auto", needs=frozenset({"vision"})))  # the local model lacks vision
     assert [(r.number, [c.name for c in r.candidates]) for r in needs_vision] == [(2, ["big", "bigger"])]
@@ -150,7 +151,7 @@ def test_candidates_and_rungs_within_what_is_left():
     assert can_follow(rungs[2:], size, None)
 
 
-# ---------------------------------------------------------------- logprobs: asked for the gate, shown as the client asked
+# ---------------------------------------------------------------- logprobs: for the gate, shown as the client asked
 
 
 def req(**fields) -> ChatRequest:
