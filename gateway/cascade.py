@@ -25,11 +25,11 @@ from opentelemetry import trace
 
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
+from gateway.facts import MAX_COST_HEADER, parse_cost_cap
 from gateway.shadow import Accepted, Shadows, shadow_call
-from gateway.store.budget import BudgetExceeded
+from gateway.store.admission import BudgetExceeded
 from gateway.telemetry import tracing_active
 from policies.cascade import (
-    COST_CAP_HEADER,
     CostCapExceeded,
     Rung,
     Step,
@@ -42,7 +42,6 @@ from policies.cascade import (
     gate_header,
     gate_overrides,
     left_of,
-    request_cap,
     rungs_of,
     with_gate_overrides,
     within,
@@ -57,8 +56,8 @@ from providers.schema.chat import ChatCompletion, ChatCompletionChunk, ChatReque
 from providers.schema.codec import encode
 
 Attempt = Callable[[Provider, Call], Awaitable[Any]]
-Charge = Callable[[float], None]
-"""Bills a rung's cost to the client's key (gateway/store/budget.py charge)."""
+Charge = Callable[[float, Usage | None], None]
+"""Bills a rung's cost and tokens to the client's key (gateway/store/admission.py settle)."""
 
 
 def _report(route: str, steps: list[Step], step: Step) -> None:
@@ -145,7 +144,7 @@ class Cascade:
         request_cap: float | None = None,
         key_left: float | None = None,
         shadows: Shadows,
-        charge: Charge = lambda usd: None,
+        charge: Charge = lambda usd, usage: None,
     ) -> None:
         self.req = req
         self.inbound = inbound
@@ -182,7 +181,7 @@ class Cascade:
         what is left of its key's budget (`key_left`, None: no key budget)."""
         length = headers.get("content-length")
         body_bytes = int(length) if length and length.isdigit() else len(encode(inbound.raw))
-        cap = request_cap(headers.get(COST_CAP_HEADER))
+        cap = parse_cost_cap(headers.get(MAX_COST_HEADER))
         return cls(
             req, inbound, body_bytes=body_bytes, request_cap=cap, key_left=key_left, shadows=shadows, charge=charge
         )
@@ -210,7 +209,7 @@ class Cascade:
                 continue
             result: ChatCompletion = answer.result
             cost = self._spend(answer.candidate, result.usage)
-            self.charge(cost)
+            self.charge(cost, result.usage)
             if not gated:
                 self._answered(rung, answer.candidate, cost)
                 return self._final(answer)
@@ -257,7 +256,7 @@ class Cascade:
             self._judged(rung, answer.candidate, verdict, cost)
             if verdict.passed:
                 return self._final(replace(answer, result=self._release(committed, held, verdict, cost)))
-            self.charge(cost)  # a passed-over rung; the stream that answers is billed by the relay at its end
+            self.charge(cost, held.usage)  # a passed-over rung; the answering stream is billed by the relay
             await _close(committed.rest)
         raise self._exhausted()
 
@@ -320,16 +319,30 @@ class Cascade:
 
     def _ladder(self) -> Iterator[tuple[Rung, tuple[Candidate, ...], bool]]:
         """Each rung that can run, with the candidates that fit the budget and whether it is gated (a
-        later rung could still run after it)."""
-        for index, rung in enumerate(self.rungs):
+        later rung could still run after it). Rungs that cannot run are reported as skipped."""
+        planned = {rung.number: rung for rung in self.rungs}
+        for number in range(len(self.route.rungs)):
+            rung = planned.get(number)
+            if rung is None:
+                self._step(Step(number, "skip", why=self._why_unplanned(number)))
+                continue
             if time.monotonic() >= self.req.deadline:
                 return
             fits = within(rung.candidates, self.size, left_of(self.limit, self.spent))
             if not fits:
-                self._step(Step(rung.number, "skip", why="budget"))
+                self._step(Step(number, "skip", why="budget"))
                 continue
             after = left_of(self.limit, self.spent + estimate(fits[0], self.size))
-            yield rung, fits, can_follow(self.rungs[index + 1 :], self.size, after)
+            later = [r for r in self.rungs if r.number > number]
+            yield rung, fits, can_follow(later, self.size, after)
+
+    def _why_unplanned(self, number: int) -> str:
+        """Why planning left a rung without deployments: all over the cost cap, or not able or not
+        available now (capabilities, context window, engine readiness, circuit; the span's
+        escalade.skipped names each)."""
+        models = [self.req.runtime.policy.models[name] for name in self.route.rungs[number].models]
+        over = self.limit is not None and all(estimate_cost(m.price, self.size) > self.limit for m in models)
+        return "budget" if over else "unavailable"
 
     def _sub(self, candidates: tuple[Candidate, ...], gated: bool) -> Dispatch:
         """The dispatch of one rung; a gated rung's deployments that can are asked for logprobs."""
@@ -340,7 +353,9 @@ class Cascade:
                 with_gate_overrides(c, extra) if "logprobs" in capabilities_of(policy, c.model) else c
                 for c in candidates
             )
-        return replace(self.req, plan=replace(self.req.plan, candidates=candidates))
+        first = bool(self.rungs) and candidates[0].rung == self.rungs[0].number
+        hedge = self.req.plan.hedge_after_s if first else None  # the plan's hedge races its first rung's two
+        return replace(self.req, plan=replace(self.req.plan, candidates=candidates, hedge_after_s=hedge))
 
     async def _run(self, rung: Rung, sub: Dispatch, attempt: Attempt) -> Answer[Any] | None:
         """One rung's dispatch; a failure (after its retries and fallback) is reported and escalates."""
@@ -362,10 +377,11 @@ class Cascade:
         return cost
 
     def _answered(self, rung: Rung, candidate: Candidate, cost: float | None) -> None:
-        """The ungated answer; the rungs after it that the budget ruled out are reported as skipped."""
+        """The ungated answer; the rungs after it, which could not run, are reported as skipped."""
         self._step(Step(rung.number, "answer", candidate.name, cost_usd=cost))
-        for later in self.rungs[self.rungs.index(rung) + 1 :]:
-            self._step(Step(later.number, "skip", why="budget"))
+        planned = {r.number for r in self.rungs}
+        for number in range(rung.number + 1, len(self.route.rungs)):
+            self._step(Step(number, "skip", why="budget" if number in planned else self._why_unplanned(number)))
 
     def _judged(self, rung: Rung, candidate: Candidate, verdict: Verdict, cost: float) -> None:
         action = "pass" if verdict.passed else "fail"

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shlex
@@ -65,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
         "route, the deployments it would try in order. Exit status 1 when the policy is invalid.",
     )
     check.add_argument("policy", type=Path, help="the policy YAML file")
+    check.add_argument(
+        "--explain",
+        type=Path,
+        metavar="REQUEST.json",
+        help="instead of the summary, print as JSON how this OpenAI request body would be routed: route, "
+        "strategy, deployments in order with estimated cost, and why each other one is skipped "
+        "(exit status 1 when routing would refuse it)",
+    )
+    check.add_argument("--max-cost-usd", help="with --explain: the request's x-escalade-max-cost-usd header")
     _engine_parser(sub)
     return parser
 
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "check":
-        return _check(args.policy)
+        return _check(args.policy, args.explain, args.max_cost_usd)
     if args.command == "serve":
         return _serve(args)
     if args.command == "engine":
@@ -128,7 +138,7 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def _check(path: Path) -> int:
+def _check(path: Path, explain_path: Path | None = None, max_cost: str | None = None) -> int:
     text = _read(path)
     if text is None:
         return 1
@@ -140,8 +150,26 @@ def _check(path: Path) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
+    if explain_path is not None:
+        return _explain(policy, explain_path, max_cost)
     print(summary(policy, str(path)))
     return 0
+
+
+def _explain(policy: Policy, request_path: Path, max_cost: str | None) -> int:
+    from gateway.explain import explain
+    from providers.errors import GatewayError
+
+    body = _read(request_path)
+    if body is None:
+        return 1
+    try:
+        explanation = explain(policy, body, max_cost_header=max_cost)
+    except GatewayError as exc:
+        print(f"escalade: {request_path}: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(explanation, indent=2))
+    return 1 if explanation["error"] else 0
 
 
 def _check_engines(policy: Policy, source: str) -> None:

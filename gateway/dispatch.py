@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, stop_never
 
+from gateway.hedge import race
 from gateway.observe import Observer, notify
 from gateway.runtime import Runtime
 from gateway.store.base import Store
@@ -23,8 +24,9 @@ from gateway.telemetry import tracer, tracing_active
 from policies.health import Outcome
 from policies.retry import Step, next_step
 from policies.router import Candidate, Plan
+from policies.strategies import larger_context
 from providers.base import Call, Provider
-from providers.errors import GatewayError, NoEligibleRoute, UpstreamSilent
+from providers.errors import ContextLengthExceeded, GatewayError, NoEligibleRoute, UpstreamSilent
 
 R = TypeVar("R")
 C = TypeVar("C")
@@ -38,6 +40,8 @@ class Answer(Generic[R]):
     candidate: Candidate
     attempts: int
     """Upstream attempts this request made, over all deployments."""
+    hedged: bool = False
+    """A hedge started: a second deployment raced the first."""
 
 
 @dataclass(slots=True)
@@ -71,32 +75,98 @@ async def dispatch(req: Request, attempt: Attempt[R]) -> Answer[R]:
     """Try the plan's candidates in order; raise the FIRST error when none answers.
 
     The first error is what the client needs to see (the primary's 503, not a fallback's 400 about
-    a parameter it does not support).
+    a parameter it does not support). With hedging, the first two candidates race (gateway.hedge).
+    After a context-length error only candidates with a larger context window are tried, and only
+    when the route has `context_fallback`.
     """
-    first_error: GatewayError | None = None
-    attempts = 0
-    candidates = req.plan.candidates
-    for index, candidate in enumerate(candidates):
-        guard = req.guard
-        if guard is not None and guard.half_open(candidate.name) and not await guard.claim_probe(candidate.name):
-            continue  # its circuit waits for one probe, and another request is it
-        if guard is not None:
-            guard.first_attempt(candidate.name)
-        provider = req.runtime.providers[candidate.model.provider]
-        is_last = index == len(candidates) - 1
-        counter = _Counter()
-        try:
-            result = await _with_retries(req, candidate, provider, attempt, counter, is_last)
-        except GatewayError as error:
-            attempts += counter.n
-            first_error = first_error or error
-            if getattr(error, "escalade_step", None) == "fail" or time.monotonic() >= req.deadline:
+    run = _Run(req, attempt)
+    hedge_after = req.plan.hedge_after_s
+    for index in range(len(req.plan.candidates)):
+        if not run.worth_trying(index) or not await run.admitted(index):
+            continue
+        if index == 0 and hedge_after is not None and len(req.plan.candidates) > 1:
+            raced = await race(run.start(0), run.backup, hedge_after, _release)
+            run.hedged = raced.started > 1
+            if raced.winner is not None:
+                return run.answer(raced.winner, raced.result)  # type: ignore[arg-type]
+            if not all([run.failed(i, error) for i, error in raced.errors]):  # record every error
                 break
             continue
-        return Answer(result=result, candidate=candidate, attempts=attempts + counter.n)
-    raise first_error or NoEligibleRoute(
-        f"route {req.plan.route} has no deployment to try (half-open circuits are being probed)", retry_after_s=1.0
+        try:
+            return run.answer(index, await run.start(index))
+        except GatewayError as error:
+            if not run.failed(index, error):
+                break
+    raise (
+        run.errors[0]
+        if run.errors
+        else NoEligibleRoute(
+            f"route {req.plan.route} has no deployment to try (half-open circuits are being probed)", retry_after_s=1.0
+        )
     )
+
+
+class _Run(Generic[R]):
+    """One request's walk through its candidates: attempts counted, errors kept, what is left worth trying."""
+
+    def __init__(self, req: Request, attempt: Attempt[R]) -> None:
+        self.req = req
+        self.attempt = attempt
+        self.candidates = req.plan.candidates
+        self.counters = [_Counter() for _ in self.candidates]
+        self.route = req.runtime.policy.routes.get(req.plan.route)
+        self.errors: list[GatewayError] = []
+        self.tried: set[int] = set()
+        self.too_long: Candidate | None = None
+        """The last candidate whose context window the request overflowed."""
+        self.hedged = False
+
+    def worth_trying(self, index: int) -> bool:
+        """Not tried yet, and (after a context-length error) with a larger context window."""
+        return index not in self.tried and (
+            self.too_long is None or larger_context(self.candidates[index], self.too_long)
+        )
+
+    async def admitted(self, index: int) -> bool:
+        """May this candidate be tried now? A half-open circuit admits one probe at a time."""
+        guard, name = self.req.guard, self.candidates[index].name
+        if guard is not None and guard.half_open(name) and not await guard.claim_probe(name):
+            return False  # its circuit waits for one probe, and another request is it
+        if guard is not None:
+            guard.first_attempt(name)
+        return True
+
+    def start(self, index: int) -> Awaitable[R]:
+        self.tried.add(index)
+        candidate = self.candidates[index]
+        provider = self.req.runtime.providers[candidate.model.provider]
+        is_last = index == len(self.candidates) - 1
+        return _with_retries(self.req, candidate, provider, self.attempt, self.counters[index], is_last)
+
+    async def backup(self) -> R:
+        """The hedge: the second candidate, if the store admits it now."""
+        if not await self.admitted(1):
+            name = self.candidates[1].name
+            raise NoEligibleRoute(f"{name}: its half-open circuit is being probed", retry_after_s=1.0)
+        return await self.start(1)
+
+    def answer(self, index: int, result: R) -> Answer[R]:
+        attempts = sum(c.n for c in self.counters)
+        return Answer(result=result, candidate=self.candidates[index], attempts=attempts, hedged=self.hedged)
+
+    def failed(self, index: int, error: GatewayError) -> bool:
+        """Record a candidate's failure; may the next candidate be tried?"""
+        self.errors.append(error)
+        if isinstance(error, ContextLengthExceeded):
+            self.too_long = self.candidates[index]
+            return self.route is not None and self.route.context_fallback
+        return getattr(error, "escalade_step", None) != "fail" and time.monotonic() < self.req.deadline
+
+
+async def _release(result: Any) -> None:
+    """A hedge loser that reached its commit point anyway: close its stream."""
+    if isinstance(result, Committed):
+        await _close(result.rest)
 
 
 class _Counter:

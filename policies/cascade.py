@@ -16,18 +16,16 @@ from policies.router import Candidate, Plan
 from providers.errors import InvalidRequest
 from providers.schema.chat import ChatRequest, ChoiceLogprobs
 
-COST_CAP_HEADER = "x-escalade-max-cost-usd"
-"""A request's own cost cap in USD. It narrows the route's `max_cost_usd`, never widens it."""
-
 GATE_TOP_LOGPROBS = 5
 """Alternatives per token a gated rung is asked for: enough for the top-1/top-2 margin."""
 
 
 class CostCapExceeded(InvalidRequest):
-    """No rung of a cascade fits the request's cost cap (the route's max_cost_usd, the request's own
-    x-escalade-max-cost-usd). A key's spent budget is a 429 instead (gateway/store/budget.py)."""
+    """No rung of a cascade fits what is left of the request's cost cap (the route's max_cost_usd, the
+    request's own x-escalade-max-cost-usd), as planning refuses a request no deployment fits. A key's
+    spent budget is a 429 instead (gateway/store/admission.py)."""
 
-    code = "budget_exceeded"
+    code = "cost_cap_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,21 +45,6 @@ def rungs_of(plan: Plan) -> list[Rung]:
 
 
 # ---------------------------------------------------------------- budget
-
-
-def request_cap(value: str | None) -> float | None:
-    """The request's x-escalade-max-cost-usd header as USD (None when absent). Raises InvalidRequest."""
-    if value is None:
-        return None
-    try:
-        cap = float(value)
-    except ValueError:
-        cap = math.nan
-    if not math.isfinite(cap) or cap < 0:
-        raise InvalidRequest(
-            f"{COST_CAP_HEADER} must be a non-negative number of USD, got {value[:40]!r}", param=COST_CAP_HEADER
-        )
-    return cap
 
 
 def cost_limit(*caps: float | None) -> float | None:

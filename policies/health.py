@@ -41,7 +41,8 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class ModelHealth:
-    """One deployment's live summary. Latency figures are over the recent window; None when unknown."""
+    """One deployment's live summary. Latency figures are over the recent window (`resilience.latency_window_s`,
+    fleet-wide with the Redis store); None when unknown. Computed by policies.stats and policies.breaker."""
 
     circuit: Circuit = "closed"
     cooldown_until: float = 0.0
@@ -49,12 +50,18 @@ class ModelHealth:
     why: str | None = None
     """Why the circuit is open or the deployment cools down: said in skip reasons."""
     samples: int = 0
+    """Successful attempts in the window (each has a TTFT): how much the latency figures rest on."""
     ttft_p50_s: float | None = None
+    """Time to first token of successful attempts: a stream's commit point, a unary call's whole call."""
     ttft_p95_s: float | None = None
     total_p50_s: float | None = None
+    """Whole answers: unary calls, and streams that ended normally."""
     total_p95_s: float | None = None
     tokens_per_s: float | None = None
+    """Output tokens over seconds, summed over whole answers that reported usage."""
     error_rate: float | None = None
+    """Failed attempts (5xx, timeouts, connection errors, cut streams) over all attempts; a 4xx about the
+    request or a 429 is not an error of the deployment. None without attempts in the window."""
 
 
 Health = Mapping[str, ModelHealth]

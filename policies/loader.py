@@ -150,7 +150,28 @@ def _check_route(name: str, route: RouteConf, policy: Policy) -> list[tuple[str,
             problems.append((f"{where}.models", f"unknown model `{model}`"))
         elif route.data_residency == "local" and not conf.local:
             problems.append((f"{where}.models", f"data_residency is local but model `{model}` is not local: true"))
+    problems.extend(_check_route_strategy(where, route, names))
     problems.extend(_check_cascade(where, route, policy))
+    return problems
+
+
+def _check_route_strategy(where: str, route: RouteConf, names: list[str]) -> list[tuple[str, str]]:
+    """Rung strategies, weights, cost cap and hedging must make sense for the route."""
+    problems: list[tuple[str, str]] = []
+    for i, rung in enumerate(route.rungs):
+        if rung.strategy == "cascade" or rung.strategy not in IMPLEMENTED_STRATEGIES:
+            available = ", ".join(sorted(IMPLEMENTED_STRATEGIES - {"cascade"}))
+            problems.append((f"{where}.rungs[{i}].strategy", f"a rung orders its models by one of: {available}"))
+    strategies = {route.strategy, *(rung.strategy for rung in route.rungs)}
+    if route.weights and "weighted" not in strategies:
+        problems.append((f"{where}.weights", "weights apply only to strategy weighted (on the route or a rung)"))
+    for model in route.weights:
+        if model not in names:
+            problems.append((f"{where}.weights", f"`{model}` is not one of this route's models"))
+    if route.max_cost_usd is not None and route.max_cost_usd < 0:
+        problems.append((f"{where}.max_cost_usd", "must be 0 or more"))
+    if route.hedge is not None and len(set(names)) < 2:
+        problems.append((f"{where}.hedge", "hedging needs a second model to race"))
     return problems
 
 
@@ -172,19 +193,14 @@ def _check_cascade(where: str, route: RouteConf, policy: Policy) -> list[tuple[s
 
 
 def _check_rungs(where: str, route: RouteConf, policy: Policy) -> list[tuple[str, str]]:
-    """Each rung has models and a strategy this version has; with min_score, every gated rung (all but
-    the last) must return token logprobs."""
+    """Each rung has models; with min_score, every gated rung (all but the last) must return token
+    logprobs. (Rung strategies are checked with the route's, in _check_route_strategy.)"""
     problems: list[tuple[str, str]] = []
-    available = ", ".join(sorted(IMPLEMENTED_STRATEGIES - {"cascade"}))
     scored = route.gate is not None and route.gate.min_score is not None
     for number, rung in enumerate(route.rungs):
         at = f"{where}.rungs[{number}]"
         if not rung.models:
             problems.append((f"{at}.models", "a rung needs at least one model"))
-        if rung.strategy == "cascade" or rung.strategy not in IMPLEMENTED_STRATEGIES:
-            problems.append(
-                (f"{at}.strategy", f"`{rung.strategy}` is not available in this version (available: {available})")
-            )
         if scored and number < len(route.rungs) - 1:
             problems.extend(
                 (

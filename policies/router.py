@@ -6,6 +6,7 @@ from typing import Any
 from policies.health import NO_HEALTH, Health, health_skip_reason
 from policies.schema import ModelConf, Policy, RouteConf
 from policies.signals import NO_SIGNALS, Signals, retry_after_s, skip_reason
+from policies.strategies import Facts, Rand, Unfit, hedge_after_s, order, unfit
 from providers.capabilities import ENDPOINTS, HARD
 from providers.errors import InvalidRequest, NoEligibleRoute
 from providers.registry import adapter_capabilities
@@ -28,7 +29,9 @@ class Plan:
     strategy: str
     candidates: tuple[Candidate, ...]
     skipped: tuple[tuple[str, str], ...] = ()
-    """(deployment, why) for each deployment the live signals ruled out."""
+    """(deployment, why) for each deployment ruled out: by live signals or health, or for this request."""
+    hedge_after_s: float | None = None
+    """Start the second candidate when the first has produced no token after this long (None: no hedge)."""
 
 
 def plan(
@@ -38,25 +41,77 @@ def plan(
     needs: frozenset[str] = frozenset(),
     health: Health = NO_HEALTH,
     now: float = 0.0,
+    facts: Facts | None = None,
+    rand: Rand | None = None,
 ) -> Plan:
-    """The deployments a request to `route_name` tries, in order (strategy `priority`).
+    """The deployments a request to `route_name` tries, in the order the route's strategy gives.
 
     A deployment that lacks a capability the request needs (`needs`: tools, vision, json_schema,
-    logprobs, embeddings, completions) is skipped; when none has it, the request is refused (400)
-    naming what is missing. `signals` are the gateway's live view of its local engines: a
-    deployment whose engine is not ready, or whose queue is deeper than the model's `max_queue`, is
-    skipped; when that leaves nothing, NoEligibleRoute (503) says why, with a Retry-After. `health`
-    (with `now`, wall clock) rules out deployments whose circuit is open or that cool down.
+    logprobs, embeddings, completions), is not local on a `data_residency: local` route, or (with
+    `facts`, the request's estimated size and the client's cost cap) whose context window is too small
+    or whose estimated cost is over the cap, is skipped; when none is left, the request is refused (400)
+    naming why. `signals` are the gateway's live view of its local engines: a deployment whose engine
+    is not ready, or whose queue is deeper than the model's `max_queue`, is skipped; when that leaves
+    nothing, NoEligibleRoute (503) says why, with a Retry-After. `health` (with `now`, wall clock) rules
+    out deployments whose circuit is open or that cool down, and feeds lowest_latency and hedging.
+    `rand` is the strategies' random source (None: the expected order, without draws).
     """
     route = policy.routes[route_name]
+    screened = screen(policy, route, signals, needs, health, now, facts)
+    candidates, skipped, unable = screened.candidates, list(screened.skipped), screened.unable
+    if unable and not candidates and not skipped:
+        raise _refusal(route_name, unable)
+    skipped.extend((name, why.reason) for name, why in unable)
+    if skipped and not candidates:
+        why = "; ".join(f"{name}: {reason}" for name, reason in dict.fromkeys(skipped))
+        providers = {policy.models[name].provider for name, _ in skipped}
+        raise NoEligibleRoute(
+            f"route {route_name} has no deployment that can take a request now ({why})",
+            retry_after_s=retry_after_s(signals, providers),
+        )
+    ordered = order(route, candidates, health=health, facts=facts, rand=rand)
+    hedge = hedge_after_s(route.hedge, health.get(ordered[0].name)) if len(ordered) > 1 else None
+    if hedge is not None and ordered[1].rung != ordered[0].rung:
+        hedge = None  # a cascade's next rung is an escalation, not an alternative to race
+    return Plan(
+        route=route_name,
+        strategy=route.strategy,
+        candidates=tuple(ordered),
+        skipped=tuple(skipped),
+        hedge_after_s=hedge,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    candidates: tuple[Candidate, ...]
+    """Eligible, in route order."""
+    skipped: tuple[tuple[str, str], ...]
+    """Ruled out for now by live signals or health."""
+    unable: tuple[tuple[str, Unfit], ...]
+    """Ruled out for this request whatever their health."""
+
+
+def screen(
+    policy: Policy,
+    route: RouteConf,
+    signals: Signals = NO_SIGNALS,
+    needs: frozenset[str] = frozenset(),
+    health: Health = NO_HEALTH,
+    now: float = 0.0,
+    facts: Facts | None = None,
+) -> Screened:
+    """Sort a route's deployments into eligible, skipped for now (signals, health) and unable (this request)."""
     hard_needs = needs & HARD
     candidates: list[Candidate] = []
     skipped: list[tuple[str, str]] = []
-    unable: list[tuple[str, str]] = []
+    unable: list[tuple[str, Unfit]] = []
     for candidate in _candidates(policy, route):
         lacking = hard_needs - capabilities_of(policy, candidate.model)
-        if lacking:
-            unable.append((candidate.name, f"cannot serve {', '.join(sorted(lacking))}"))
+        misfit = Unfit(f"cannot serve {', '.join(sorted(lacking))}", "unsupported") if lacking else None
+        misfit = misfit or unfit(candidate, route, facts)
+        if misfit is not None:
+            unable.append((candidate.name, misfit))
             continue
         reason = skip_reason(candidate.model, signals) if signals else None
         if reason is None and health:
@@ -65,20 +120,16 @@ def plan(
             candidates.append(candidate)
         else:
             skipped.append((candidate.name, reason))
-    if unable and not candidates and not skipped:
-        why = "; ".join(f"{name}: {reason}" for name, reason in unable)
-        raise InvalidRequest(
-            f"no deployment of route {route_name} can serve this request ({why})", param="model", code="unsupported"
-        )
-    skipped.extend(unable)
-    if skipped and not candidates:
-        why = "; ".join(f"{name}: {reason}" for name, reason in dict.fromkeys(skipped))
-        providers = {policy.models[name].provider for name, _ in skipped}
-        raise NoEligibleRoute(
-            f"route {route_name} has no deployment that can take a request now ({why})",
-            retry_after_s=retry_after_s(signals, providers),
-        )
-    return Plan(route=route_name, strategy=route.strategy, candidates=tuple(candidates), skipped=tuple(skipped))
+    return Screened(tuple(candidates), tuple(skipped), tuple(unable))
+
+
+def _refusal(route_name: str, unable: tuple[tuple[str, Unfit], ...]) -> InvalidRequest:
+    """The 400 for a request no deployment of the route can serve; its code says why when all agree."""
+    why = "; ".join(f"{name}: {misfit.reason}" for name, misfit in unable)
+    codes = {misfit.code for _, misfit in unable}
+    code = codes.pop() if len(codes) == 1 else "unsupported"
+    param = "messages" if code == "context_length_exceeded" else "model"
+    return InvalidRequest(f"no deployment of route {route_name} can serve this request ({why})", param=param, code=code)
 
 
 def capabilities_of(policy: Policy, model: ModelConf) -> frozenset[str]:

@@ -107,7 +107,7 @@ class ModelConf(Conf):
 
 
 Strategy = Literal["priority", "weighted", "lowest_cost", "lowest_latency", "cascade"]
-IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset({"priority", "cascade"})
+IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset({"priority", "weighted", "lowest_cost", "lowest_latency", "cascade"})
 
 
 class HedgeConf(Conf):

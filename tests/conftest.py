@@ -9,6 +9,8 @@ import pytest
 from tests.mock_upstream import run_in_thread
 from tests.support.gateway import GatewayThread, mock_policy, write_policy
 
+pytest_plugins = ["tests.support.redis"]  # redis_server (session) and own_redis (per test) fixtures
+
 
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[Any]:

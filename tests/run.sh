@@ -14,6 +14,16 @@ log() { echo "tests/run.sh: $*" >&2; }
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Location' -e 'Running pip as' >&2 || true
 python3 -c "import gateway, openai, pytest" || { log "installing the package failed"; exit 1; }
 
+# The Redis store's tests run against a real redis-server (tests/support/redis.py starts its own).
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "redis-server is missing: installing it (apt-get install redis-server)"
+  sudo_=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo_="sudo"
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || log "apt-get update failed"
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >&2 \
+    || log "installing redis-server failed: the Redis tests will be skipped"
+  # The package may start a system redis on port 6379; the tests do not use it.
+fi
+
 if [ -z "${ESCALADE_SKIP_VLLM:-}" ]; then
   t0=$(date +%s)
   venv=$(bash local_engine/cpu/setup_venv.sh | tail -1)

@@ -6,6 +6,9 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 
+from gateway.explain import explain
+from gateway.facts import MAX_COST_HEADER
+from gateway.ingress import read_body
 from gateway.reload import reload_now
 from gateway.state import GatewayState
 from providers.errors import Unauthorized
@@ -58,4 +61,21 @@ async def policy_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(content=encode(body), media_type="application/json", status_code=200 if loaded else 422)
 
 
-ROUTES = [policy_status, policy_reload]
+@post("/admin/route/explain", status_code=200)
+async def route_explain(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Dry run: how the live policy and health would route the OpenAI request in the body (no upstream call)."""
+    _check_admin(request)
+    state = _state(request)
+    server = state.runtime.policy.server
+    body = await read_body(request.stream(), request.headers.get("content-length"), server.max_request_bytes)
+    explanation = explain(
+        state.runtime.policy,
+        body,
+        health=state.health,
+        signals=state.signals,
+        max_cost_header=request.headers.get(MAX_COST_HEADER),
+    )
+    return Response(content=encode(explanation), media_type="application/json")
+
+
+ROUTES = [policy_status, policy_reload, route_explain]

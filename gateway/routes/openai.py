@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import random
 import re
 import secrets
 import time
@@ -19,11 +20,12 @@ from gateway.cascade import Cascade
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
 from gateway.errors import ClientDisconnected
+from gateway.facts import MAX_COST_HEADER, request_facts
 from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
-from gateway.store.budget import budget_left, charge, check_budget
+from gateway.store.admission import admit, budget_left, settle
 from gateway.telemetry import server_span
 from policies.cost import usage_cost
 from policies.health import Outcome
@@ -79,14 +81,16 @@ async def _prepare(
     state = gateway_state(request)
     runtime = state.runtime  # read once: this request lives under this policy version
     principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
-    check_budget(state, principal.name)
+    await admit(state, principal.name)
     server = runtime.policy.server
     body = await read_body(request.stream(), request.headers.get("content-length"), server.max_request_bytes)
     inbound = decode_inbound(body, decode)
     check_caps(inbound.typed, server)
     route = inbound.typed.model
     authorize_route(principal, route, runtime)
-    the_plan: Plan = plan(runtime.policy, route, state.signals, needs(inbound.typed), state.health, time.time())
+    facts = request_facts(len(body), inbound.typed, request.headers.get(MAX_COST_HEADER))
+    needed = needs(inbound.typed)
+    the_plan: Plan = plan(runtime.policy, route, state.signals, needed, state.health, time.time(), facts, random.random)
     deadline = time.monotonic() + runtime.policy.timeouts.total_s
     return Prepared(
         state=state,
@@ -123,6 +127,8 @@ def _headers(prep: Prepared, answer: Answer[Any], cost: float | None = None) -> 
     }
     if cost is not None:
         headers["x-escalade-cost-usd"] = f"{cost:.8f}"
+    if answer.hedged:
+        headers["x-escalade-hedged"] = "true"
     return headers
 
 
@@ -188,7 +194,7 @@ async def _unary(
         answer = await _until_disconnect(request, work)
         span.set_attribute("escalade.deployment", answer.candidate.name)
         cost = usage_cost(answer.candidate.model.price, answer.result.usage) if priced else None
-        charge(prep.state, prep.principal.name, cost)
+        settle(prep.state, prep.principal.name, cost, answer.result.usage)
         return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
 
 
@@ -201,7 +207,7 @@ async def _cascade(request: Request[Any, Any, Any], prep: Prepared) -> Response[
         request.headers,
         key_left=budget_left(prep.state, key),
         shadows=prep.state.shadows,
-        charge=lambda usd: charge(prep.state, key, usd),
+        charge=lambda usd, usage: settle(prep.state, key, usd, usage),
     )
     streaming = prep.inbound.typed.is_stream
     with server_span(f"chat {prep.dispatch.plan.route}", **_plan_attributes(prep.dispatch.plan)) as span:
@@ -305,7 +311,7 @@ async def _sse_body(
         if prep.dispatch.observers:
             notify(prep.dispatch.observers, _stream_end(prep, deployment, committed.started, usage, failure))
         price = prep.dispatch.runtime.policy.models[deployment].price
-        charge(prep.state, prep.principal.name, usage_cost(price, usage))
+        settle(prep.state, prep.principal.name, usage_cost(price, usage), usage)
 
 
 def _stream_end(prep: Prepared, deployment: str, started: float, usage: Any, failure: GatewayError | None) -> Outcome:

@@ -59,6 +59,13 @@ class Store(Protocol):
     def record_spend(self, key: str, usd: float) -> None:
         """Add what an answer cost to the key's spend (every period)."""
 
+    async def admit(self, key: str, rpm: int | None, tpm: int | None) -> float:
+        """Take one request from the key's rpm and check its tpm has room, atomically across replicas:
+        0 when admitted, else the seconds to wait (nothing is taken)."""
+
+    def add_tokens(self, key: str, tokens: int, tpm: int) -> None:
+        """Count an answer's tokens against the key's tpm (post-paid)."""
+
     def status(self) -> dict[str, Any]:
         """What /readyz and the admin API show: backend, connected or degraded and why, buffered work."""
 

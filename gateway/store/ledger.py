@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.store.base import build_health
+from policies import ratelimit
 from policies.breaker import CLOSED, BreakerState, Cooldown, cooldown, event_of, later, phase, record
 from policies.health import ModelHealth, Outcome
 from policies.retry_budget import RetryLedger
@@ -43,6 +44,8 @@ class Ledger:
         self.spend: dict[tuple[str, str], float] = {}
         """(key, period id) -> USD."""
         self.retries = RetryLedger()
+        self.rates: dict[tuple[str, str], float] = {}
+        """(key, "rpm" or "tpm") -> GCRA theoretical arrival time."""
 
     # ------------------------------------------------------------ observations
 
@@ -82,6 +85,17 @@ class Ledger:
     def spent(self, key: str, period: Period, now: float) -> float:
         return self.spend.get((key, f"{period}:{period_id(period, now)}"), 0.0)
 
+    def admit(self, key: str, rpm: int | None, tpm: int | None, now: float) -> float:
+        """0 when the key may send a request now (and it is counted), else the seconds to wait."""
+        tats = self.rates.get((key, "rpm"), 0.0), self.rates.get((key, "tpm"), 0.0)
+        wait, rpm_tat = ratelimit.admit(*tats, now, rpm, tpm)
+        if wait == 0 and rpm:
+            self.rates[(key, "rpm")] = rpm_tat
+        return wait
+
+    def add_tokens(self, key: str, tokens: int, tpm: int, now: float) -> None:
+        self.rates[(key, "tpm")] = ratelimit.add_tokens(self.rates.get((key, "tpm"), 0.0), now, tokens, tpm)
+
     # ------------------------------------------------------------ probes
 
     def claim_probe(self, name: str, probes: int, ttl_s: float, now: float) -> bool:
@@ -112,10 +126,10 @@ class Ledger:
 
     def prune(self, conf: ResilienceConf, now: float) -> None:
         """Forget what can no longer matter, so nothing grows without bound."""
-        oldest = window_slices(now, conf.latency_window_s).start
+        window = window_slices(now, conf.latency_window_s)
         for name in list(self.tallies):
             slices = self.tallies[name]
-            for index in [i for i in slices if i < oldest]:
+            for index in [i for i in slices if i not in window]:  # too old, or of a window a reload changed
                 del slices[index]
             if not slices:
                 del self.tallies[name]
@@ -123,6 +137,8 @@ class Ledger:
             del self.cooldowns[name]
         for slot in [s for s, (_, expires) in self.probes.items() if expires <= now]:
             del self.probes[slot]
+        for slot in [s for s, tat in self.rates.items() if tat <= now]:
+            del self.rates[slot]
         current = {f"{p}:{period_id(p, now)}" for p in PERIODS}
         for slot in [s for s in self.spend if s[1] not in current]:
             del self.spend[slot]

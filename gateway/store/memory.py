@@ -89,5 +89,12 @@ class MemoryStore:
         if usd > 0:
             self.ledger.add_spend(key, usd, self.clock())
 
+    async def admit(self, key: str, rpm: int | None, tpm: int | None) -> float:
+        return self.ledger.admit(key, rpm, tpm, self.clock())
+
+    def add_tokens(self, key: str, tokens: int, tpm: int) -> None:
+        if tokens > 0:
+            self.ledger.add_tokens(key, tokens, tpm, self.clock())
+
     def status(self) -> dict[str, Any]:
         return {"backend": self.backend, "shared": False}

@@ -14,10 +14,11 @@ from gateway.store import build_store
 from gateway.store.base import Store
 from policies.breaker import RATE_LIMIT_PAUSE_S
 from policies.health import Health, Outcome
-from policies.schema import BreakerConf, ModelConf, Policy, ResilienceConf, RetryBudgetConf, StateConf
-from tests.support.redis import redis_server  # noqa: F401 - fixture
+from policies.schema import BreakerConf, Budget, KeyConf, ModelConf, Policy, ResilienceConf, RetryBudgetConf, StateConf
 
-BACKENDS = ["memory"]  # redis: next commit
+BACKENDS = ["memory", "redis"]
+KEYS = ("team-a", "team-b")
+"""Keys with a budget: the ones whose spend a store always knows (a Redis store pulls them)."""
 _prefixes = itertools.count()
 
 
@@ -44,6 +45,7 @@ def policy(backend: str, prefix: str, **resilience) -> Policy:
     return Policy(
         state=StateConf(backend=backend, key_prefix=prefix, sync_interval_s=0.05),
         models={name: ModelConf(provider="mock", model="ok") for name in ("a", "b")},
+        keys=[KeyConf(name=name, key_sha256=f"{n:064}", budget=Budget(usd=1)) for n, name in enumerate(KEYS)],
         resilience=ResilienceConf(**conf),
     )
 
@@ -98,7 +100,7 @@ async def make(backend: str, request, monkeypatch) -> AsyncIterator[Callable[...
 async def test_a_new_store_knows_nothing(make):
     h = await make()
     assert await h.health() == {}
-    assert h.store.spent("k", "day") == 0.0
+    assert h.store.spent("team-a", "day") == 0.0
     assert not h.store.half_open("a") and await h.store.claim_probe("a")  # closed: no claim needed
 
 
@@ -230,3 +232,24 @@ async def test_spend_per_key_and_period(make):
     h.clock.advance(86400 * 32)
     await h.store.sync()
     assert h.store.spent("team-a", "day") == 0.0 and h.store.spent("team-a", "month") == 0.0
+
+
+async def test_rpm_admits_a_minute_of_burst_then_the_steady_rate(make):
+    h = await make()
+    assert [await h.store.admit("team-a", 3, None) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = await h.store.admit("team-a", 3, None)
+    assert wait == pytest.approx(20.0, abs=0.01)  # 60 s / 3 requests
+    assert await h.store.admit("team-b", 3, None) == 0.0  # per key
+    h.clock.advance(20.01)
+    assert await h.store.admit("team-a", 3, None) == 0.0
+    assert await h.store.admit("team-a", 3, None) > 0
+
+
+async def test_tpm_counts_answers_tokens(make):
+    h = await make()
+    assert await h.store.admit("team-a", None, 100) == 0.0
+    h.store.add_tokens("team-a", 150, 100)  # 1.5 minutes' worth
+    await h.store.sync()
+    assert await h.store.admit("team-a", None, 100) == pytest.approx(30.0, abs=0.01)
+    h.clock.advance(30.01)
+    assert await h.store.admit("team-a", None, 100) == 0.0

@@ -124,7 +124,7 @@ RES = ResilienceConf(auth_cooldown_s=300)
 
 def test_retry_after_on_429_and_503_cools_down():
     c = cooldown(outcome(status=429, kind="UpstreamRateLimited", retry_after_s=7, at=10), RES)
-    assert c is not None and c.until == 17 and "Retry-After 7s on a 429" == c.why
+    assert c is not None and c.until == 17 and c.why == "Retry-After 7s on a 429"
     c = cooldown(outcome(status=503, retry_after_s=2, at=10), RES)
     assert c is not None and c.until == 12
     assert cooldown(outcome(status=503, at=10), RES) is None  # no Retry-After: the breaker handles 503s

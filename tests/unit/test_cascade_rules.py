@@ -17,7 +17,6 @@ from policies.cascade import (
     gate_header,
     gate_overrides,
     left_of,
-    request_cap,
     rungs_of,
     within,
 )
@@ -25,7 +24,6 @@ from policies.cost import Size
 from policies.gate import Verdict
 from policies.loader import PolicyError, parse_policy
 from policies.router import plan
-from providers.errors import InvalidRequest
 from providers.schema.chat import ChatRequest, ChoiceLogprobs, TokenLogprob, TopLogprob
 
 BASE = {
@@ -79,7 +77,7 @@ def test_a_cascade_route_loads():
         ({"gate": None}, "$.routes.auto.gate", "needs a gate"),
         ({"rungs": [{"models": []}, {"models": ["big"]}]}, "$.routes.auto.rungs[0].models", "at least one model"),
         ({"rungs": [{"models": ["small"], "strategy": "cascade"}, {"models": ["big"]}]},
-         "$.routes.auto.rungs[0].strategy", "not available"),
+         "$.routes.auto.rungs[0].strategy", "orders its models by one of"),
         ({"gate": {"shadow": {"rate": 0.1}}}, "$.routes.auto.gate.shadow.log", "log file"),
     ],
 )  # fmt: skip
@@ -119,15 +117,6 @@ def test_rungs_group_the_plan_in_order_and_drop_emptied_rungs():
 
 
 # ---------------------------------------------------------------- budget arithmetic
-
-
-def test_request_cap_parsing():
-    assert request_cap(None) is None
-    assert request_cap("0.05") == 0.05 and request_cap("0") == 0.0
-    for bad in ("-1", "nan", "inf", "lots", ""):
-        with pytest.raises(InvalidRequest) as info:
-            request_cap(bad)
-        assert info.value.param == "x-escalade-max-cost-usd"
 
 
 def test_a_cap_only_narrows():
