@@ -450,3 +450,11 @@ def test_every_choice_of_an_n_answer_is_judged(make_gateway, mock, stream, hold)
     assert unsure.rung == 1 and unsure.headers["x-escalade-model"] == "large"
     if stream:
         assert {c.choices[0].index for c in confident.chunks if c.choices} == {0, 1}
+
+
+def test_a_rung_planning_ruled_out_is_reported_as_unavailable(make_gateway, mock):
+    sections = cascade()
+    sections["models"]["small"]["capabilities"] = ["logprobs"]  # no tools
+    reply = ask(make_gateway(sections), False, tools=TOOLS)
+    assert reply.headers["x-escalade-model"] == "large"
+    assert reply.gate == "rung=0 skip=unavailable; rung=1 answer" and reply.escalations == 0
