@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway import calibrate_cmd
 from local_engine.command import build_argv
 from policies.loader import PolicyError, parse_policy
 from policies.router import plan
@@ -35,6 +36,7 @@ examples:
   escalade serve --policy deploy/policies/quickstart.yaml
   OPENAI_BASE_URL=http://127.0.0.1:8080/v1 python my_app.py
   escalade engine status --policy deploy/policies/local-cpu.yaml
+  escalade calibrate --log shadow.jsonl --target-loss 0.01
 
 Secrets are never in the policy file: it names environment variables (api_key_env) or files
 (api_key_file). Tracing is off unless OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER) is set.
@@ -76,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--max-cost-usd", help="with --explain: the request's x-escalade-max-cost-usd header")
     _engine_parser(sub)
+    calibrate_cmd.add_parser(sub)
     return parser
 
 
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "engine":
         return _engine(args)
+    if args.command == "calibrate":
+        return calibrate_cmd.run(args)
     parser.print_help()
     return 0
 

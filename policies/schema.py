@@ -3,6 +3,7 @@
 Every Struct here is frozen: a loaded policy is an immutable value that hot reload swaps whole.
 """
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -124,7 +125,8 @@ GateCheck = Literal["truncated", "empty", "json_schema", "tool_call", "refusal",
 
 class ShadowConf(Conf):
     """Shadow mode: a sampled share of ACCEPTED answers is also sent to the route's last rung in the
-    background, and both answers are logged (JSONL) for `escalade calibrate`."""
+    background, and both answers are logged (JSONL, one `policies.calibrate.CalibrationRecord` a
+    line) for `escalade calibrate`."""
 
     rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
     log: str | None = None
@@ -132,11 +134,17 @@ class ShadowConf(Conf):
 
 
 class GateConf(Conf):
-    """What a cascade rung's answer must pass to be returned instead of escalating."""
+    """What a cascade rung's answer must pass to be returned instead of escalating (docs/cascade-gate.md)."""
 
     checks: list[GateCheck] = []
+    """Deterministic checks, any failure escalates: truncated (finish_reason length), empty (no text,
+    no tool call), json_schema (parses and validates against the request's response_format),
+    tool_call (known tool, arguments valid for its parameters, no raw [TOOL_CALLS] text), refusal
+    (refusal_patterns in the first 200 characters, or the provider's refusal field), repetition
+    (a looping answer), answer_format (the answer_format regex matches the whole answer)."""
     min_score: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    """Threshold on the logprob confidence score (0..1); None: checks only."""
+    """Threshold on the logprob confidence score (0..1), fitted by `escalade calibrate`; an answer
+    without logprobs fails it. None: checks only."""
     hold: Literal["full", "prefix"] = "full"
     """Streaming: full buffers the whole answer before gating; prefix gates on the first
     `prefix_tokens` tokens, then commits and streams the rest live."""
@@ -144,8 +152,23 @@ class GateConf(Conf):
     refusal_patterns: list[str] = []
     """Regexes (case-insensitive) that mark a refusal; empty: the built-in list."""
     answer_format: str | None = None
-    """A regex the whole answer must match (the `answer_format` check)."""
+    """A regex the whole answer must match (the `answer_format` check; `.` also matches newlines)."""
     shadow: ShadowConf | None = None
+
+    def __post_init__(self) -> None:
+        for i, pattern in enumerate(self.refusal_patterns):
+            _regex(pattern, f"refusal_patterns[{i}]")
+        if self.answer_format is not None:
+            _regex(self.answer_format, "answer_format")
+        if ("answer_format" in self.checks) != (self.answer_format is not None):
+            raise ValueError("the `answer_format` check and the answer_format regex go together: give both or neither")
+
+
+def _regex(pattern: str, name: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{name} is not a valid regular expression: {exc}") from None
 
 
 class RungConf(Conf):

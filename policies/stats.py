@@ -26,7 +26,11 @@ from policies.health import Outcome
 BIN_BASE_S = 0.001
 BIN_GROWTH = 1.05
 _LOG_GROWTH = math.log(BIN_GROWTH)
-SLICES_PER_WINDOW = 12
+SLICES_PER_WINDOW = 30
+RECENT_SAMPLES = 8
+"""Statistics read the NEWEST slices first and stop once they hold this many successful attempts: a
+busy deployment is judged on its last seconds (so a slowdown shows within a few seconds), a quiet one
+on up to the whole window."""
 
 
 def slice_s(window_s: float) -> int:
@@ -144,11 +148,14 @@ class Summary:
     error_rate: float | None = None
 
 
-def summarize(tallies: Iterable[Tally]) -> Summary:
-    """The statistics of the merged tallies (those of one deployment's window)."""
+def summarize(tallies: Iterable[Tally], enough: int = RECENT_SAMPLES) -> Summary:
+    """The statistics of one deployment's window, its tallies given OLDEST FIRST: merged from the newest
+    back until they hold `enough` successful attempts (or the window ends)."""
     merged = Tally()
-    for tally in tallies:
+    for tally in reversed(list(tallies)):
         merged.merge(tally)
+        if sum(merged.ttft.values()) >= enough:
+            break
     samples = sum(merged.ttft.values())
     return Summary(
         samples=samples,

@@ -121,7 +121,7 @@ class Ledger:
     def health(self, deployments: Iterable[str], conf: ResilienceConf, now: float) -> dict[str, ModelHealth]:
         self.prune(conf, now)
         window = window_slices(now, conf.latency_window_s)
-        tallies = {name: [t for i, t in slices.items() if i in window] for name, slices in self.tallies.items()}
+        tallies = {name: [slices[i] for i in sorted(slices) if i in window] for name, slices in self.tallies.items()}
         return build_health(deployments, self.breakers, self.cooldowns, tallies, now)
 
     def prune(self, conf: ResilienceConf, now: float) -> None:

@@ -15,7 +15,7 @@ completes (so a slow answer is seen late) and goes to the gateway's own in-memor
 `state.sync_interval_s` (--publish-s), and routing reads the last one published.
 
     python tests/bench/bench_routing.py                      # the table (a few seconds)
-    python tests/bench/bench_routing.py --window 60          # the schema default window
+    python tests/bench/bench_routing.py --window 5           # a shorter latency window
     python tests/bench/bench_routing.py --seed 7 --rate 80 --duration 180
 """
 
@@ -99,7 +99,7 @@ class Scenario:
     duration_s: float = 120.0
     degrade_at: float = 40.0
     recover_at: float = 80.0
-    window_s: float = 5.0
+    window_s: float = 60.0
     explore: float = 0.05
     publish_s: float = 0.5
     """state.sync_interval_s: how often the store republishes the Health snapshot routing reads."""

@@ -6,7 +6,7 @@ from policies.health import Outcome
 from policies.retry_budget import WINDOW_S, RetryLedger, retry_allowed
 from policies.schema import RetryBudgetConf
 from policies.spend import period_end, period_id
-from policies.stats import BIN_GROWTH, Tally, bin_of, bin_value, percentile, slice_s, summarize, window_slices
+from policies.stats import BIN_GROWTH, RECENT_SAMPLES, Tally, bin_of, bin_value, percentile, slice_s, summarize, window_slices
 
 
 def attempt(ttft: float, ok: bool = True, tokens: int | None = None, stream: bool = False, at: float = 0.0) -> Outcome:
@@ -71,8 +71,22 @@ def test_tallies_merge_through_their_counters():
 
 
 def test_window_slices():
-    assert slice_s(60) == 5 and slice_s(1) == 1 and slice_s(600) == 50
-    assert list(window_slices(now=100, window_s=60)) == list(range(8, 21))
+    assert slice_s(60) == 2 and slice_s(1) == 1 and slice_s(600) == 20
+    assert list(window_slices(now=100, window_s=60)) == list(range(20, 51))
+
+
+def test_a_busy_deployment_is_judged_on_its_newest_slices():
+    """Enough recent samples hide the older ones, so a slowdown shows at once; a quiet deployment
+    (few samples) is judged on the whole window."""
+    old, new = Tally(), Tally()
+    for _ in range(RECENT_SAMPLES * 3):
+        old.add(attempt(0.1))
+    for _ in range(RECENT_SAMPLES):
+        new.add(attempt(2.0))
+    assert summarize([old, new]).ttft_p50_s == pytest.approx(2.0, rel=0.05)
+    few = Tally()
+    few.add(attempt(2.0))
+    assert summarize([old, few]).ttft_p50_s == pytest.approx(0.1, rel=0.05)
     assert percentile({}, 0.5) is None
 
 
