@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.observe import Observer
 from gateway.runtime import Runtime
+from gateway.shadow import Shadows
 from local_engine.fleet import Engines
 from local_engine.supervisor import EngineStatus
 from policies.health import Health
@@ -44,6 +45,8 @@ class GatewayState:
     """Deployment -> live health (circuit, cooldown, latency) for routing; replaced whole by its keeper."""
     observers: list[Observer] = field(default_factory=list)
     """Told the Outcome of every upstream attempt and of every committed stream's end."""
+    shadows: Shadows = field(default_factory=Shadows)
+    """Cascade shadow calls in flight (gateway/shadow.py); cancelled on shutdown."""
     store: Any = None
     """The live state store (gateway.store.Store): health snapshot keeper, probe claims, retry budget, spend."""
     keeper: Any = None

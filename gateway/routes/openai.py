@@ -16,6 +16,7 @@ from litestar.response import Stream
 from msgspec import UNSET
 
 from gateway.auth import Principal, authenticate, authorize_route
+from gateway.cascade import Cascade
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
 from gateway.errors import ClientDisconnected
@@ -24,7 +25,7 @@ from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
-from gateway.store.admission import admit, settle
+from gateway.store.admission import admit, budget_left, settle
 from gateway.telemetry import server_span
 from policies.cost import usage_cost
 from policies.health import Outcome
@@ -163,6 +164,8 @@ ProviderCall = Callable[[Provider, Inbound[Any], Call], Coroutine[Any, Any, Any]
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     prep = await _prepare(request, decode_chat_request, "chat", required_by_chat)
+    if prep.dispatch.plan.strategy == "cascade":
+        return await _cascade(request, prep)
     if prep.inbound.typed.is_stream:
         return await _stream(request, prep, lambda p, i, c: p.chat_stream(i, c))
     return await _unary(request, prep, lambda p, i, c: p.chat(i, c))
@@ -193,6 +196,28 @@ async def _unary(
         cost = usage_cost(answer.candidate.model.price, answer.result.usage) if priced else None
         settle(prep.state, prep.principal.name, cost, answer.result.usage)
         return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
+
+
+async def _cascade(request: Request[Any, Any, Any], prep: Prepared) -> Response[Any]:
+    """strategy cascade (gateway/cascade.py): rungs until an answer passes the gate; it leaves like any other."""
+    key = prep.principal.name
+    run = Cascade.for_request(
+        prep.dispatch,
+        prep.inbound,
+        request.headers,
+        key_left=budget_left(prep.state, key),
+        shadows=prep.state.shadows,
+        charge=lambda usd, usage: settle(prep.state, key, usd, usage),
+    )
+    streaming = prep.inbound.typed.is_stream
+    with server_span(f"chat {prep.dispatch.plan.route}", **_plan_attributes(prep.dispatch.plan)) as span:
+        answer = await _until_disconnect(request, run.stream() if streaming else run.unary())
+        span.set_attribute("escalade.deployment", answer.candidate.name)
+    headers = {**_headers(prep, answer, run.cost()), **run.headers()}
+    if not streaming:
+        return Response(content=encode(answer.result), media_type=JSON, headers=headers)
+    body = _sse_body(answer.result, prep, answer.candidate.name, want_usage=prep.inbound.typed.wants_usage_chunk)
+    return Stream(content=body, media_type=SSE, headers={**headers, "x-accel-buffering": "no"})
 
 
 @get("/v1/models")

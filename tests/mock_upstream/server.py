@@ -1312,6 +1312,10 @@ class MockUpstream:
 
     # -- endpoint builders ----------------------------------------------------
     def _chat(self, body: dict, sc: Scenario, stream: bool, rec: dict) -> _Json | _Sse:
+        if sc.name.startswith("replay:") or "replay" in sc.params:  # recorded answers with logprobs
+            from .replay import replay_chat
+
+            return replay_chat(self, body, sc, stream)
         model = body.get("model")
         if not isinstance(model, str):
             model = "ok"
