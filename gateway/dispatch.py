@@ -168,7 +168,7 @@ class _Run(Generic[R]):
 async def _release(result: Any) -> None:
     """A hedge loser that reached its commit point anyway: close its stream."""
     if isinstance(result, Committed):
-        abandoned(result)
+        abandoned(result, "hedge_lost")
         await _close(result.rest)
 
 

@@ -471,13 +471,30 @@ def stream_ended(
         _end_stream_span(span, usage, cost, failure, completed, watch)
 
 
-def abandoned(stream: "Committed[Any]") -> None:
-    """A stream dropped at its commit point (a hedge's loser that got there too): end its span."""
+def abandoned(stream: "Committed[Any]", why: str) -> None:
+    """A stream dropped at its commit point (`hedge_lost`: the other attempt won; `gate_failed`: a cascade
+    rung's answer was passed over): its span ends, saying so in `escalade.stream.dropped`."""
     span = stream.span
     if span is not None:
         stream.span = None
-        span.set_attribute("escalade.hedge.lost", True)
+        span.set_attribute("escalade.stream.dropped", why)
         span.end()
+
+
+def cascade_step(rec: RequestRecord | None, route: str, step: Any) -> None:
+    """A cascade rung's fate (policies.cascade.Step): gate decisions and escalations for the metrics.
+
+    The escalation reason is the first failed check (`score` when the score was too low, `json_schema`,
+    `truncated`...) or, for a rung that failed, its error type: names from fixed sets, never text."""
+    metrics = rec.metrics if rec is not None else None
+    if metrics is None:
+        return
+    if step.action in ("pass", "fail"):
+        metrics.gate_decision(route, step.rung, step.action == "pass")
+    if step.action == "fail":
+        metrics.escalation(route, step.rung, step.failed[0] if step.failed else "low_score")
+    elif step.action == "error":
+        metrics.escalation(route, step.rung, step.why or "error")
 
 
 def _end_stream_span(

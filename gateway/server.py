@@ -171,6 +171,7 @@ class Gateway:
             await asyncio.gather(*(server.serve() for server in self._servers))
         finally:
             await self._watcher.stop()
+            await self.state.shadows.aclose()
             await self.state.keeper.stop()
             await self.state.engines.stop()  # after the listeners drained: in-flight requests finish first
             await retire(self.state.runtime, None, grace_s=0)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.observe import Observer
 from gateway.runtime import Runtime
+from gateway.shadow import Shadows
 from local_engine.fleet import Engines
 from local_engine.supervisor import EngineStatus
 from policies.health import Health
@@ -49,6 +50,8 @@ class GatewayState:
     """Told the Outcome of every upstream attempt and of every committed stream's end."""
     metrics: "GatewayMetrics | None" = None
     """The gateway's metrics (/metrics on the admin listener); set by the Gateway, None in bare tests."""
+    shadows: Shadows = field(default_factory=Shadows)
+    """Cascade shadow calls in flight (gateway/shadow.py); cancelled on shutdown."""
     store: Any = None
     """The live state store (gateway.store.Store): health snapshot keeper, probe claims, retry budget, spend."""
     keeper: Any = None

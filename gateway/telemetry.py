@@ -208,16 +208,10 @@ def leave(token: object) -> None:
 
 def fail_span(span: Span, error: BaseException) -> None:
     """Mark a span failed with a GatewayError (error.type = its kind) or a cancellation, and end it."""
-    kind = getattr(error, "kind", None) or ("cancelled" if _is_cancel(error) else type(error).__name__)
+    kind = getattr(error, "kind", None) or type(error).__name__  # CancelledError: the client left, a hedge won
     span.set_attribute("error.type", kind)
     span.set_status(Status(_ERROR, _describe(error)))
     span.end()
-
-
-def _is_cancel(error: BaseException) -> bool:
-    import asyncio
-
-    return isinstance(error, (asyncio.CancelledError, GeneratorExit))
 
 
 def _describe(error: BaseException) -> str:

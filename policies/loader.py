@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from policies.router import capabilities_of
 from policies.schema import IMPLEMENTED_STRATEGIES, ModelConf, Policy, RouteConf
 from providers.registry import PROVIDER_TYPES, ProviderConf
 
@@ -150,6 +151,7 @@ def _check_route(name: str, route: RouteConf, policy: Policy) -> list[tuple[str,
         elif route.data_residency == "local" and not conf.local:
             problems.append((f"{where}.models", f"data_residency is local but model `{model}` is not local: true"))
     problems.extend(_check_route_strategy(where, route, names))
+    problems.extend(_check_cascade(where, route, policy))
     return problems
 
 
@@ -171,6 +173,53 @@ def _check_route_strategy(where: str, route: RouteConf, names: list[str]) -> lis
     if route.hedge is not None and len(set(names)) < 2:
         problems.append((f"{where}.hedge", "hedging needs a second model to race"))
     return problems
+
+
+def _check_cascade(where: str, route: RouteConf, policy: Policy) -> list[tuple[str, str]]:
+    """A cascade lists its models in rungs and has a gate; rungs and a gate mean nothing elsewhere."""
+    if route.strategy != "cascade":
+        found = [(f"{where}.rungs", "rungs need `strategy: cascade`")] if route.rungs else []
+        return found + ([(f"{where}.gate", "a gate applies only to `strategy: cascade`")] if route.gate else [])
+    problems: list[tuple[str, str]] = []
+    if not route.rungs:
+        problems.append((f"{where}.rungs", "strategy cascade needs rungs (the models to try, in order)"))
+    if route.models:
+        problems.append((f"{where}.models", "a cascade lists its models in `rungs`, not in `models`"))
+    if route.gate is None:
+        problems.append((f"{where}.gate", "strategy cascade needs a gate (what a rung's answer must pass)"))
+    elif route.gate.shadow and route.gate.shadow.rate > 0 and not route.gate.shadow.log:
+        problems.append((f"{where}.gate.shadow.log", "shadow mode needs a log file for its records"))
+    return problems + _check_rungs(where, route, policy)
+
+
+def _check_rungs(where: str, route: RouteConf, policy: Policy) -> list[tuple[str, str]]:
+    """Each rung has models; with min_score, every gated rung (all but the last) must return token
+    logprobs. (Rung strategies are checked with the route's, in _check_route_strategy.)"""
+    problems: list[tuple[str, str]] = []
+    scored = route.gate is not None and route.gate.min_score is not None
+    for number, rung in enumerate(route.rungs):
+        at = f"{where}.rungs[{number}]"
+        if not rung.models:
+            problems.append((f"{at}.models", "a rung needs at least one model"))
+        if scored and number < len(route.rungs) - 1:
+            problems.extend(
+                (
+                    f"{at}.models",
+                    f"gate.min_score scores token logprobs, but model `{name}` has no logprobs capability "
+                    "(add logprobs to its capabilities, or move it to the last rung, which is not gated)",
+                )
+                for name in _lacking_logprobs(rung.models, policy)
+            )
+    return problems
+
+
+def _lacking_logprobs(names: list[str], policy: Policy) -> list[str]:
+    models = [(name, policy.models.get(name)) for name in names]
+    return [
+        name
+        for name, conf in models
+        if conf is not None and conf.provider in policy.providers and "logprobs" not in capabilities_of(policy, conf)
+    ]
 
 
 class _LineIndex:

@@ -108,7 +108,7 @@ class ModelConf(Conf):
 
 
 Strategy = Literal["priority", "weighted", "lowest_cost", "lowest_latency", "cascade"]
-IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset({"priority", "weighted", "lowest_cost", "lowest_latency"})
+IMPLEMENTED_STRATEGIES: frozenset[str] = frozenset({"priority", "weighted", "lowest_cost", "lowest_latency", "cascade"})
 
 
 class HedgeConf(Conf):

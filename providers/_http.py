@@ -305,13 +305,41 @@ async def read_capped(response: httpx.Response) -> bytes:
     return body
 
 
+def attempt_request(client: httpx.AsyncClient, path: str, body: bytes, call: Call) -> httpx.Request:
+    """The POST of one attempt. While another deployment could answer, `idle_s` of silence on the
+    socket ends the attempt (UpstreamSilent: the next one is tried). The last candidate has no read
+    timeout: it is given until the request deadline, which the callers enforce, so a slow first token
+    or a slow unary answer is waited for, never cut; gaps once a stream flows are bounded above."""
+    if call.has_fallback:
+        return client.build_request("POST", path, content=body, headers=call.headers)
+    limits = client.timeout
+    patient = httpx.Timeout(connect=limits.connect, read=None, write=limits.write, pool=limits.pool)
+    return client.build_request("POST", path, content=body, headers=call.headers, timeout=patient)
+
+
+def _went_silent(call: Call, provider: str, what: str) -> UpstreamSilent:
+    return UpstreamSilent(f"{provider}: {what} within the idle timeout ({call.timeouts.idle_s:g}s)", provider=provider)
+
+
 async def post_for_body(
     client: httpx.AsyncClient, path: str, body: bytes, call: Call, *, provider: str, error_for: ErrorFor
 ) -> bytes:
-    """A non-streaming POST bounded by the request deadline: the 200 body, or the provider's error."""
+    """A non-streaming POST bounded by the request deadline: the 200 body, or the provider's error.
+
+    No response at all within the idle timeout is UpstreamSilent, as for a stream's headers: the
+    next deployment is tried, not the same one again (it would likely stay silent as long).
+    """
+    request = attempt_request(client, path, body, call)
     try:
         async with asyncio.timeout_at(loop_deadline(call.deadline)):
-            response = await client.post(path, content=body, headers=call.headers)
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.ReadTimeout:
+                raise _went_silent(call, provider, "no response") from None
+            try:
+                content = await response.aread()
+            finally:
+                await response.aclose()
     except TimeoutError:
         raise UpstreamTimeout(
             f"{provider}: no complete answer before the request deadline", provider=provider
@@ -319,8 +347,8 @@ async def post_for_body(
     except httpx.HTTPError as exc:
         raise error_from_transport(exc, provider=provider) from None
     if response.status_code != 200:
-        raise _non_200(response.status_code, response.headers, response.content, provider, error_for)
-    return response.content
+        raise _non_200(response.status_code, response.headers, content, provider, error_for)
+    return content
 
 
 @contextlib.asynccontextmanager
@@ -336,16 +364,17 @@ async def event_stream(
 ) -> AsyncIterator[AsyncIterator[bytes]]:
     """A streaming POST: the SSE `data` payloads, once the upstream answered 200 with an event stream.
 
-    No response headers within `headers_s` is UpstreamSilent; a non-200 is the provider's error; a
-    200 that is not SSE is `not_a_stream(body)`; transport failures while reading are typed; the
-    connection is closed however the caller stops reading (which cancels the upstream's work).
+    No response headers within `headers_s`, or `idle_s` without a byte, is UpstreamSilent (not
+    retried on this deployment); a non-200 is the provider's error; a 200 that is not SSE is
+    `not_a_stream(body)`; other transport failures while reading are typed; the connection is closed
+    however the caller stops reading (which cancels the upstream's work).
     """
-    request = client.build_request("POST", path, content=body, headers=call.headers)
+    request = attempt_request(client, path, body, call)
     headers_by = min(call.deadline, time.monotonic() + call.timeouts.headers_s)
     try:
         async with asyncio.timeout_at(loop_deadline(headers_by)):
             response = await client.send(request, stream=True)
-    except TimeoutError:
+    except (TimeoutError, httpx.ReadTimeout):
         message = f"{provider}: no response headers within {call.timeouts.headers_s:g}s"
         raise UpstreamSilent(message, provider=provider) from None
     except httpx.HTTPError as exc:
@@ -357,6 +386,8 @@ async def event_stream(
         if not response.headers.get("content-type", "").startswith("text/event-stream"):
             raise not_a_stream(await read_capped(response))
         yield aiter_sse(response.aiter_bytes())
+    except httpx.ReadTimeout:
+        raise _went_silent(call, provider, "no data from upstream") from None
     except httpx.HTTPError as exc:
         raise error_from_transport(exc, provider=provider) from None
     finally:

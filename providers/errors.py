@@ -176,7 +176,7 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamSilent(UpstreamTimeout):
-    """The upstream accepted the request but sent no headers or no first token in time.
+    """The upstream accepted the request but sent no headers, no first token, or no byte for the idle timeout.
 
     Not retried on the same deployment (it would likely stay silent); the next one is tried.
     """

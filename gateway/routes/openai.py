@@ -15,6 +15,7 @@ from msgspec import UNSET
 
 from gateway import instrument
 from gateway.auth import Principal, authenticate, authorize_route
+from gateway.cascade import Cascade
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
 from gateway.errors import ClientDisconnected
@@ -23,7 +24,7 @@ from gateway.ingress import check_caps, decode_inbound, read_body
 from gateway.observe import notify
 from gateway.sse import DONE, error_frame, frame
 from gateway.state import GatewayState
-from gateway.store.admission import admit, settle
+from gateway.store.admission import admit, budget_left, settle
 from policies.cost import usage_cost
 from policies.health import Outcome
 from policies.router import Candidate, Plan, plan, routes_for_key
@@ -155,6 +156,8 @@ ProviderCall = Callable[[Provider, Inbound[Any], Call], Coroutine[Any, Any, Any]
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
     prep = await _prepare(request, decode_chat_request, "chat", required_by_chat)
+    if prep.dispatch.plan.strategy == "cascade":
+        return await _cascade(request, prep)
     if prep.inbound.typed.is_stream:
         return await _stream(request, prep, lambda p, i, c: p.chat_stream(i, c))
     return await _unary(request, prep, lambda p, i, c: p.chat(i, c))
@@ -184,6 +187,29 @@ async def _unary(
     settle(prep.state, prep.principal.name, cost, usage)
     instrument.answered(prep.dispatch.record, answer.candidate.name, answer.attempts, usage, cost)
     return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
+
+
+async def _cascade(request: Request[Any, Any, Any], prep: Prepared) -> Response[Any]:
+    """strategy cascade (gateway/cascade.py): rungs until an answer passes the gate; it leaves like any other."""
+    key = prep.principal.name
+    run = Cascade.for_request(
+        prep.dispatch,
+        prep.inbound,
+        request.headers,
+        key_left=budget_left(prep.state, key),
+        shadows=prep.state.shadows,
+        charge=lambda usd, usage: settle(prep.state, key, usd, usage),
+    )
+    streaming = prep.inbound.typed.is_stream
+    answer = await _until_disconnect(request, run.stream() if streaming else run.unary())
+    headers = {**_headers(prep, answer, run.cost()), **run.headers()}
+    if not streaming:
+        usage = answer.result.usage
+        instrument.answered(prep.dispatch.record, answer.candidate.name, answer.attempts, usage, run.cost())
+        return Response(content=encode(answer.result), media_type=JSON, headers=headers)
+    instrument.committed(prep.dispatch.record, answer.candidate.name, answer.attempts)
+    body = _sse_body(answer.result, prep, answer.candidate, want_usage=prep.inbound.typed.wants_usage_chunk)
+    return Stream(content=body, media_type=SSE, headers={**headers, "x-accel-buffering": "no"})
 
 
 @get("/v1/models")

@@ -140,7 +140,7 @@ def training_corpus() -> list[str]:
         "if x == 1:\n\ty = x + 2\nelse:\n\ty = None\n",
         "import json\ndata = json.loads(text)\n",
         "class Foo(object):\n\tpass\n",
-        "{\"a\": [1, 2, 3], \"b\": {\"c\": true, \"d\": null}}\n",
+        '{"a": [1, 2, 3], "b": {"c": true, "d": null}}\n',
     ]
     lines: list[str] = []
     for _ in range(4000):
@@ -156,7 +156,9 @@ def training_corpus() -> list[str]:
         lines.append(json.dumps(args))
     for _ in range(500):
         lines.append(rng.choice(code))
-        lines.append(f"{rng.randint(0, 99999)} {rng.random():.4f} {rng.randint(1, 12)}/{rng.randint(1, 28)}/20{rng.randint(10, 40)}")
+        lines.append(
+            f"{rng.randint(0, 99999)} {rng.random():.4f} {rng.randint(1, 12)}/{rng.randint(1, 28)}/20{rng.randint(10, 40)}"
+        )
     lines.append("".join(sorted(ALLOWED_CHARS)))
     for line in lines:
         bad = set(line) - ALLOWED_CHARS
@@ -217,7 +219,11 @@ def write_tokenizer_files(tok, out: str) -> None:
         json.dump(cfg, f, indent=2)
         f.write("\n")
     with open(os.path.join(out, "special_tokens_map.json"), "w") as f:
-        json.dump({k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens")}, f, indent=2)
+        json.dump(
+            {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens")},
+            f,
+            indent=2,
+        )
         f.write("\n")
 
 
@@ -273,17 +279,31 @@ def check_template(out: str, ids: dict[str, int]) -> None:
     msgs = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "abcDEF123", "type": "function",
-             "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "abcDEF123",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "abcDEF123", "content": "sunny"},
         {"role": "assistant", "content": "It is sunny."},
         {"role": "user", "content": "Thanks"},
     ]
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     text = {e: t.apply_chat_template(msgs, tools=tools, tokenize=False, reasoning_effort=e) for e in ("none", "high")}
-    for marker in ("[SYSTEM_PROMPT]Be brief.", "[AVAILABLE_TOOLS]", "[INST]Thanks[/INST]",
-                   "[TOOL_CALLS]get_weather[ARGS]{\"city\":\"Paris\"}", "[TOOL_RESULTS]", "effort=high"):
+    for marker in (
+        "[SYSTEM_PROMPT]Be brief.",
+        "[AVAILABLE_TOOLS]",
+        "[INST]Thanks[/INST]",
+        '[TOOL_CALLS]get_weather[ARGS]{"city":"Paris"}',
+        "[TOOL_RESULTS]",
+        "effort=high",
+    ):
         assert marker in text["high"], (marker, text["high"])
     assert "effort=none" in text["none"] and text["none"] != text["high"]
     enc = t(text["high"], add_special_tokens=False)["input_ids"]

@@ -70,7 +70,7 @@ class Client:
                 line = raw.decode().strip()
                 if not line.startswith("data:"):
                     continue
-                payload = line[len("data:"):].strip()
+                payload = line[len("data:") :].strip()
                 if payload == "[DONE]":
                     done = True
                     break
@@ -122,11 +122,12 @@ def main() -> int:
                 detail = fn()
                 passed += 1
                 print(f"PASS {name}" + (f": {detail}" if detail else ""), flush=True)
-            except Exception as e:  # noqa: BLE001 - report every failure and keep going
+            except Exception as e:
                 failed += 1
                 msg = str(e) if isinstance(e, AssertionError) else traceback.format_exc(limit=2).strip()
                 print(f"FAIL {name}: {msg}", flush=True)
             return fn
+
         return deco
 
     @check("health")
@@ -184,8 +185,9 @@ def main() -> int:
 
     @check("legacy completions")
     def _():
-        r = api.post("/v1/completions", {"model": model, "prompt": "The weather today is", "max_tokens": 8,
-                                         "temperature": 0})
+        r = api.post(
+            "/v1/completions", {"model": model, "prompt": "The weather today is", "max_tokens": 8, "temperature": 0}
+        )
         assert r["object"] == "text_completion", r["object"]
         text = r["choices"][0]["text"]
         assert isinstance(text, str) and text, f"text {text!r}"
@@ -232,10 +234,18 @@ def main() -> int:
 
     @check("reasoning parser")
     def _():
-        r = api.post("/v1/chat/completions", {
-            "model": model, "messages": user, "temperature": 0, "max_tokens": 64,
-            "reasoning_effort": "high", "structured_outputs": {"regex": THINK_REGEX}, "logit_bias": bias,
-        })
+        r = api.post(
+            "/v1/chat/completions",
+            {
+                "model": model,
+                "messages": user,
+                "temperature": 0,
+                "max_tokens": 64,
+                "reasoning_effort": "high",
+                "structured_outputs": {"regex": THINK_REGEX},
+                "logit_bias": bias,
+            },
+        )
         msg = r["choices"][0]["message"]
         reasoning = msg.get("reasoning") or msg.get("reasoning_content")
         assert reasoning == "let me think", f"message {msg}"
@@ -246,8 +256,9 @@ def main() -> int:
     def _():
         prompts = {}
         for effort in ("none", "high"):
-            r = api.post("/v1/chat/completions", dict(base_chat, max_tokens=1, reasoning_effort=effort,
-                                                      return_token_ids=True))
+            r = api.post(
+                "/v1/chat/completions", dict(base_chat, max_tokens=1, reasoning_effort=effort, return_token_ids=True)
+            )
             p = r.get("prompt_token_ids")
             assert isinstance(p, list) and p, f"prompt_token_ids {p!r}"
             prompts[effort] = p

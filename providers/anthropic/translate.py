@@ -95,8 +95,6 @@ class Translated(NamedTuple):
 # ================================================================ request
 
 
-
-
 def to_anthropic_request(
     req: ChatRequest,
     *,

@@ -103,8 +103,6 @@ def thinking_mode(model: str, configured: str) -> ThinkingMode:
     return "budget" if name.startswith(("gemini-1", "gemini-2")) else "level"
 
 
-
-
 # ================================================================ request
 
 

@@ -57,8 +57,6 @@ PASS_THROUGH = ("prediction", "prompt_cache_key", "prompt_mode", "safe_prompt")
 """Fields a client may send in the raw body that Mistral understands and the OpenAI schema does not type."""
 
 
-
-
 def _set(value: Any) -> Any:
     """None (an explicit JSON null from the client) means "not set"."""
     return UNSET if value is None else value

@@ -177,3 +177,31 @@ def test_metrics_need_the_admin_token_when_one_is_set(make_gateway, monkeypatch)
     types, _ = scrape(gw, headers={"authorization": "Bearer admin-canary-token-123"})
     assert "escalade_state_backend_healthy" in types
     assert httpx.get(f"{gw.base_url.removesuffix('/v1')}/metrics").status_code == 404  # never on the client listener
+
+
+def test_a_cascade_counts_its_gate_decisions_and_escalations(make_gateway, mock):
+    cascade = {
+        "models": {
+            "small": {"provider": "mock", "model": "replay:unsure", "local": True, "capabilities": ["logprobs"]},
+            "sure": {"provider": "mock", "model": "replay:confident", "local": True, "capabilities": ["logprobs"]},
+            "large": {"provider": "mock", "model": "ok"},
+        },
+        "routes": {
+            "ladder": {"strategy": "cascade", "rungs": [{"models": ["small"]}, {"models": ["large"]}],
+                       "gate": {"checks": ["empty"], "min_score": 0.6}},
+            "easy": {"strategy": "cascade", "rungs": [{"models": ["sure"]}, {"models": ["large"]}],
+                     "gate": {"checks": ["empty"], "min_score": 0.6}},
+        },
+    }  # fmt: skip
+    gw = make_gateway(cascade)
+    c = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=30)
+    for route, stream in (("ladder", False), ("ladder", True), ("easy", False)):
+        reply = c.chat.completions.create(model=route, messages=[{"role": "user", "content": "hi"}], stream=stream)
+        if stream:
+            list(reply)
+    _, samples = scrape(gw)
+    assert value(samples, "escalade_gate_decisions_total", route="ladder", rung="0", result="fail") == 2
+    assert value(samples, "escalade_escalations_total", route="ladder", from_rung="0", reason="score") == 2
+    assert value(samples, "escalade_gate_decisions_total", route="easy", rung="0", result="pass") == 1
+    assert not [ls for n, ls, _ in samples if n == "escalade_escalations_total" and ls["route"] == "easy"]
+    assert value(samples, "escalade_requests_total", route="ladder", model="large", code="200") == 2

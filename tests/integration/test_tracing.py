@@ -290,3 +290,25 @@ def test_a_circuit_that_opens_shows_as_an_event_on_the_failing_attempt(make_gate
     assert attempt == 2
     assert event.attributes["escalade.deployment"] == "primary"
     assert (event.attributes["escalade.circuit.from"], event.attributes["escalade.circuit.to"]) == ("closed", "open")
+
+
+def test_a_cascade_rung_passed_over_ends_its_stream_span_and_the_gate_verdict_is_on_the_request(
+    make_gateway, mock, spans
+):
+    gw = make_gateway(
+        models={
+            "small": {"provider": "mock", "model": "replay:unsure", "local": True, "capabilities": ["logprobs"]},
+            "large": {"provider": "mock", "model": "ok"},
+        },
+        routes={"ladder": {"strategy": "cascade", "rungs": [{"models": ["small"]}, {"models": ["large"]}],
+                           "gate": {"checks": ["empty"], "min_score": 0.6}}},
+    )  # fmt: skip
+    spans.clear()
+    list(_client(gw).chat.completions.create(model="ladder", messages=[{"role": "user", "content": "hi"}], stream=True))
+    done = finished(spans)
+    [server] = by_kind(done, trace.SpanKind.SERVER)
+    small, large = by_kind(done, trace.SpanKind.CLIENT)
+    assert small.attributes["escalade.stream.dropped"] == "gate_failed"
+    assert large.attributes["escalade.stream.truncated"] is False
+    assert server.attributes["escalade.escalated"] is True and server.attributes["escalade.deployment"] == "large"
+    assert server.attributes["escalade.gate.score"] < 0.6

@@ -1,7 +1,8 @@
 """The gateway against a real vLLM (the CPU build, tiny random MoE model) that it launches and supervises.
 
-One engine start serves every test in this module; the tests run in file order and the last two
-kill the engine (the supervisor must restart it) and stop the gateway (nothing may be left).
+One engine start serves every test of the session (the `stack` fixture in conftest.py); the tests run
+in file order and the last two kill the engine (the supervisor must restart it) and stop the gateway
+(nothing may be left), so this module runs after every other one that uses the engine.
 Needs ESCALADE_VLLM_VENV and ESCALADE_TINY_MODEL (tests/run.sh builds both); skipped without them.
 The model's text is random: the assertions are about shape and self-consistency, never wording.
 """
@@ -12,27 +13,19 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from local_engine import runfiles
-from tests.support.gateway import GatewayThread, mock_policy, write_policy
-from tests.unit.test_local_engine_fake import free_port
-
-VENV = Path(os.environ.get("ESCALADE_VLLM_VENV", "/nonexistent"))
-MODEL = Path(os.environ.get("ESCALADE_TINY_MODEL", "/nonexistent"))
-ROOT = Path(os.environ.get("ESCALADE_VLLM_ROOT", "/tmp/escalade-vllm"))
+from tests.support.vllm_stack import AVAILABLE, MODEL, Stack, cmdline, log_tail, pids, wait_for
 
 pytestmark = [
     pytest.mark.vllm,
     pytest.mark.skipif(
-        not (VENV / "bin" / "python").exists() or not (MODEL / "model.safetensors").exists(),
+        not AVAILABLE,
         reason="set ESCALADE_VLLM_VENV and ESCALADE_TINY_MODEL (local_engine/cpu/setup_venv.sh, make_tiny_model.py)",
     ),
     pytest.mark.timeout(600),
@@ -53,117 +46,6 @@ WEATHER_TOOL = {
 TOOL_REGEX = r'\[TOOL_CALLS\]get_weather\[ARGS\]\{"city":"Paris","unit":"C"\}'
 THINK_REGEX = r"\[THINK\]let me think\[/THINK\]It is sunny\."
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-def engine_section(port: int) -> dict[str, Any]:
-    env = {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_CACHE_ROOT": str(ROOT / "cache" / "vllm"),
-        "TORCHINDUCTOR_CACHE_DIR": str(ROOT / "cache" / "torchinductor"),
-        "TMPDIR": str(ROOT / "tmp"),
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    if (VENV / "lib" / "libiomp5.so").exists():
-        env["LD_PRELOAD"] = str(VENV / "lib" / "libiomp5.so")
-    outputs = {"backend": "xgrammar", "disable_any_whitespace": True, "enable_in_reasoning": True}
-    return {
-        "type": "vllm",
-        "base_url": f"http://127.0.0.1:{port}/v1",
-        "engine": {
-            "command": [str(VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model"],
-            "model": str(MODEL),
-            "served_model_name": "tiny-mixtral",
-            "args": [
-                *("--dtype", "float32", "--enforce-eager", "--max-model-len", "2048"),
-                *("--enable-auto-tool-choice", "--tool-call-parser", "mistral", "--reasoning-parser", "mistral"),
-                *("--structured-outputs-config", json.dumps(outputs, separators=(",", ":"))),
-            ],
-            "env": env,
-            "ready_timeout_s": 300,
-        },
-    }
-
-
-class Stack:
-    """The gateway (with its engine) shared by the module."""
-
-    def __init__(self, gw: GatewayThread, started_in_s: float) -> None:
-        self.gw = gw
-        self.started_in_s = started_in_s
-        self.stopped = False
-        meta = json.loads((MODEL / "escalade-tiny.json").read_text())
-        self.bias = {str(i): 50 for i in meta["forcing_token_ids"]}
-
-    @property
-    def engine(self) -> Any:
-        return self.gw.state.engines["local"]
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.gw.base_url, api_key="unused", max_retries=0, timeout=60)
-
-    def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.gw.stop(timeout=90)
-
-
-@pytest.fixture(scope="module")
-def stack(upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    (ROOT / "tmp").mkdir(parents=True, exist_ok=True)
-    run_dir = tmp_path_factory.mktemp("run")
-    saved = os.environ.get("ESCALADE_RUN_DIR")
-    os.environ["ESCALADE_RUN_DIR"] = str(run_dir)
-    policy = mock_policy(
-        upstream.base_url,
-        providers={"local": engine_section(free_port())},
-        models={
-            "tiny": {"provider": "local", "model": "tiny-mixtral", "local": True, "max_queue": 64},
-            "backup": {"provider": "mock", "model": "ok?text=answer+from+the+fallback"},
-        },
-        routes={
-            "local": {"models": ["tiny"]},
-            "auto": {"models": ["tiny", "backup"]},
-            "think": {"models": ["tiny"], "reasoning_effort": "high"},
-        },
-        timeouts={"connect_s": 2, "headers_s": 60, "first_token_s": 60, "idle_s": 60, "total_s": 120},
-    )
-    path = write_policy(run_dir / "policy.yaml", policy)
-    shm_before = set(SHM.iterdir()) if SHM.is_dir() else set()
-    began = time.monotonic()
-    gw = GatewayThread(path).start()
-    stack = Stack(gw, 0.0)
-    try:
-        wait_for(lambda: stack.engine.status.ready, 300, lambda: _log_tail(stack))
-        stack.started_in_s = time.monotonic() - began
-        print(f"\nengine ready {stack.started_in_s:.1f}s after the gateway started", file=sys.stderr)
-        yield stack
-    finally:
-        stack.stop()
-        _remove_engine_leftovers(shm_before)
-        if saved is None:
-            os.environ.pop("ESCALADE_RUN_DIR", None)
-        else:
-            os.environ["ESCALADE_RUN_DIR"] = saved
-
-
-def wait_for(predicate, timeout: float, why=lambda: "") -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"not reached in {timeout}s: {why()}")
-        time.sleep(0.1)
-
-
-def _log_tail(stack: Stack) -> str:
-    status = stack.engine.status
-    try:
-        tail = stack.engine.log_path.read_text(errors="replace")[-3000:]
-    except OSError:
-        tail = ""
-    return f"{status}\n{tail}"
 
 
 # ---------------------------------------------------------------- the OpenAI surface, through the gateway
@@ -288,7 +170,7 @@ def test_engine_killed_mid_run_falls_back_then_comes_back(stack: Stack) -> None:
     assert stack.client().chat.completions.with_raw_response.create(**ask).headers["x-escalade-model"] == "backup"
 
     began = time.monotonic()
-    wait_for(lambda: stack.engine.status.ready, 300, lambda: _log_tail(stack))
+    wait_for(lambda: stack.engine.status.ready, 300, lambda: log_tail(stack))
     print(f"\nengine ready again {time.monotonic() - began:.1f}s after its restart began", file=sys.stderr)
     assert stack.engine.status.pgid != old and runfiles.group_members(old) == []
     assert stack.client().chat.completions.with_raw_response.create(**ask).headers["x-escalade-model"] == "tiny"
@@ -301,41 +183,5 @@ def test_clean_shutdown_leaves_no_process(stack: Stack) -> None:
     stack.stop()
     assert runfiles.group_members(pgid) == []
     assert not record.exists()
-    leftovers = [pid for pid in _pids() if str(MODEL) in _cmdline(pid)]
-    assert leftovers == [], [_cmdline(pid) for pid in leftovers]
-
-
-SHM = Path("/dev/shm")
-LEFTOVERS = ("psm_", "sem.mp-", "__KMP_REGISTERED_LIB_")
-
-
-def _remove_engine_leftovers(before: set[Path]) -> None:
-    """The killed engine's shared memory (vLLM cannot clean up after SIGKILL), if no process uses it."""
-    if not SHM.is_dir():
-        return
-    in_use = _open_paths()
-    for entry in set(SHM.iterdir()) - before:
-        if entry.name.startswith(LEFTOVERS) and str(entry) not in in_use:
-            entry.unlink(missing_ok=True)
-
-
-def _open_paths() -> set[str]:
-    paths: set[str] = set()
-    for pid in _pids():
-        try:
-            paths.update(line.split(maxsplit=5)[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
-            paths.update(str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue
-    return paths
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    leftovers = [pid for pid in pids() if str(MODEL) in cmdline(pid)]
+    assert leftovers == [], [cmdline(pid) for pid in leftovers]

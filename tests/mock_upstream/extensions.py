@@ -17,3 +17,6 @@ def register(server: MockUpstream) -> None:
 
     for module in (anthropic_wire, azure_wire, gemini_wire, mistral_wire):
         module.register(server)
+    from . import extra_faults
+
+    extra_faults.register(server)

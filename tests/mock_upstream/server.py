@@ -835,6 +835,8 @@ class MockUpstream:
         }
         # Routing extension: matchers for other providers' paths, tried when the table above misses.
         self._matchers: list[Callable[[bytes, bytes, dict], Route | None]] = []
+        # Fault extension: more `fault:<name>` behaviours, tried before the built-in ones.
+        self._faults: dict[str, Callable[..., None]] = {}
         from tests.mock_upstream import extensions
 
         extensions.register(self)
@@ -842,6 +844,10 @@ class MockUpstream:
     def add_matcher(self, matcher: Callable[[bytes, bytes, dict], Route | None]) -> None:
         """``matcher(method, path, query)`` returns a Route for the paths it serves, else None."""
         self._matchers.append(matcher)
+
+    def add_fault(self, name: str, handler: Callable[..., None]) -> None:
+        """``fault:<name>`` runs ``handler(server, conn, rec, sc, route, body, stream, ka, rid, headers, dialect)``."""
+        self._faults[name] = handler
 
     def _resolve(self, method: bytes, path: bytes, query: dict) -> Route | None:
         fn = self._routes.get((method, path))
@@ -1122,6 +1128,9 @@ class MockUpstream:
         name = sc.name
         outcome = "fault:" + name
         path = rec["path"]
+        extra = self._faults.get(name)
+        if extra is not None:
+            return extra(self, conn, rec, sc, route, body, stream, ka, rid, headers, dialect)
         if name.isdigit():
             name, status = "status", int(name)
         else:
@@ -1303,6 +1312,10 @@ class MockUpstream:
 
     # -- endpoint builders ----------------------------------------------------
     def _chat(self, body: dict, sc: Scenario, stream: bool, rec: dict) -> _Json | _Sse:
+        if sc.name.startswith("replay:") or "replay" in sc.params:  # recorded answers with logprobs
+            from .replay import replay_chat
+
+            return replay_chat(self, body, sc, stream)
         model = body.get("model")
         if not isinstance(model, str):
             model = "ok"

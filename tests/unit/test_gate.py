@@ -278,7 +278,8 @@ providers: {p: {type: openai, base_url: "http://127.0.0.1:9/v1"}}
 models: {m: {provider: p, model: x}}
 routes:
   r:
-    models: [m]
+    strategy: cascade
+    rungs: [{models: [m]}]
     gate:
 %s
 """

@@ -176,11 +176,15 @@ routes:
   local-only: {models: [small]}
   unlimited: {models: [nolimit, big]}
   ladder:
+    strategy: cascade
+    gate: {checks: [empty]}
     rungs:
       - {models: [small], reasoning_effort: none}
       - {models: [small], reasoning_effort: high}
       - {models: [big]}
   high-route:
+    strategy: cascade
+    gate: {checks: [empty]}
     reasoning_effort: high
     rungs:
       - {models: [small], reasoning_effort: none}
