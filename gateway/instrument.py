@@ -516,8 +516,5 @@ def _end_stream_span(
     span.set_attributes(attributes)
     if failure is not None:
         telemetry.fail_span(span, failure)
-    elif not completed:
-        span.set_attribute("error.type", "ClientDisconnected")
-        span.end()
-    else:
+    else:  # complete, or the client left (truncated, but the upstream did nothing wrong)
         span.end()

@@ -168,6 +168,8 @@ class Seen:
     """What the gateway's observers were told: each attempt, and a committed stream's end."""
     attempt_spans: list[ReadableSpan] = field(default_factory=list)
     server_spans: list[ReadableSpan] = field(default_factory=list)
+    route_spans: list[ReadableSpan] = field(default_factory=list)
+    """The routing decisions (INTERNAL `route <name>` spans): candidates, and why each skipped one was."""
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -338,6 +340,7 @@ def _collect_spans(exporter: InMemorySpanExporter, seen: Seen) -> None:
             break
         time.sleep(0.01)
     seen.server_spans = servers
+    seen.route_spans = [s for s in finished if s.kind == trace.SpanKind.INTERNAL and s.name.startswith("route ")]
     seen.attempt_spans = sorted(
         (s for s in finished if s.kind == trace.SpanKind.CLIENT), key=lambda s: s.start_time or 0
     )
@@ -418,9 +421,9 @@ def _check_sequence(expect: Expect, seen: Seen) -> list[str]:
     failed = [r for r in seen.records.get("primary", []) if str(r.get("outcome")).startswith("fault:")]
     if expect.failed_at_most is not None and len(failed) > expect.failed_at_most:
         failures.append(f"the failing primary was asked {len(failed)} times, expected at most {expect.failed_at_most}")
-    skips = [why for s in seen.server_spans for why in (s.attributes or {}).get("escalade.skipped", ())]
+    skips = [why for s in seen.route_spans for why in (s.attributes or {}).get("escalade.skipped", ())]
     if expect.skipped is not None and not any(expect.skipped in why for why in skips):
-        failures.append(f"no request span says {expect.skipped!r} in escalade.skipped (saw {sorted(set(skips))})")
+        failures.append(f"no routing span says {expect.skipped!r} in escalade.skipped (saw {sorted(set(skips))})")
     return failures + _check_upstream(expect, seen)
 
 
@@ -440,7 +443,7 @@ def _check_trace(expect: Expect, seen: Seen, scenario: Scenario) -> list[str]:
     dumped = json.dumps(
         [
             {**dict(s.attributes or {}), "events": [dict(e.attributes or {}) for e in s.events]}
-            for s in (*seen.server_spans, *seen.attempt_spans)
+            for s in (*seen.server_spans, *seen.route_spans, *seen.attempt_spans)
         ],
         default=str,
     )
@@ -511,8 +514,10 @@ def truncated_as_complete(mode: Mode, seen: Seen) -> bool:
 
 
 def span_label(span: ReadableSpan) -> str:
+    """deployment, or deployment:error.type when the attempt failed before its commit point (a committed
+    stream's later cut is its end: the records and escalade.stream.truncated say so)."""
     attributes = span.attributes or {}
-    kind = attributes.get("error.type")
+    kind = None if attributes.get("escalade.stream.committed") else attributes.get("error.type")
     return f"{attributes.get('escalade.deployment')}:{kind}" if kind else str(attributes.get("escalade.deployment"))
 
 
