@@ -414,6 +414,9 @@ def test_the_server_span_says_which_rung_answered_and_why(make_gateway, mock, sp
 
     gw = make_gateway(cascade("replay:unsure"))
     ask(gw, stream, messages=user("the private prompt"))
+    deadline = time.monotonic() + 5  # the SERVER span ends just after the response's last byte
+    while not [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER] and time.monotonic() < deadline:
+        time.sleep(0.01)
     [server] = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
     attrs = server.attributes
     assert attrs["escalade.escalated"] is True and attrs["escalade.escalations"] == 1
