@@ -1,5 +1,7 @@
 """Every upstream attempt, and every committed stream's end, reaches the gateway's observers as an Outcome."""
 
+import time
+
 import openai
 import pytest
 
@@ -15,6 +17,14 @@ ROUTE = {
 
 def _client(gw) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0, timeout=30)
+
+
+def _settled(seen: list, count: int, timeout: float = 5.0) -> list:
+    """The stream's end record is made after the client read [DONE]: wait for it (bounded)."""
+    end = time.monotonic() + timeout
+    while len(seen) < count and time.monotonic() < end:
+        time.sleep(0.01)
+    return seen
 
 
 def _watch(gw) -> list:
@@ -39,7 +49,7 @@ def test_stream_reports_commit_then_end(make_gateway):
     stream = _client(gw).chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text
-    phases = [(o.deployment, o.ok, o.phase) for o in seen]
+    phases = [(o.deployment, o.ok, o.phase) for o in _settled(seen, 3)]
     assert phases == [("bad", False, "attempt"), ("good", True, "attempt"), ("good", True, "end")]
     commit, end = seen[1], seen[2]
     assert commit.ttft_s is not None and commit.total_s is None
@@ -53,5 +63,5 @@ def test_cut_stream_end_is_not_ok(make_gateway):
     with pytest.raises(openai.APIError):
         for _ in stream:
             pass
-    end = seen[-1]
+    end = _settled(seen, 2)[-1]
     assert end.phase == "end" and not end.ok and end.error_kind
