@@ -125,6 +125,42 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing. A gateway must never carry one client's upstream session
+    (Set-Cookie from a provider) into another client's request; it also saves httpx's per-response
+    cookie parsing on the hot path."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+class UpstreamClient(httpx.AsyncClient):
+    """httpx's pooled client with no cookie jar and the provider's absolute URLs built once."""
+
+    _no_cookies = _NoCookies()
+
+    @property  # type: ignore[override]
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, _value: object) -> None:
+        return None  # httpx sets the jar in __init__: there is none to keep
+
+    def url_for(self, path: str) -> httpx.URL:
+        """The absolute URL of `path` under the base URL (parsed once per path, not per request)."""
+        urls: dict[str, httpx.URL] | None = self.__dict__.get("_escalade_urls")
+        if urls is None:
+            urls = self.__dict__["_escalade_urls"] = {}
+        url = urls.get(path)
+        if url is None:
+            url = urls[path] = self._merge_url(path)
+        return url
+
+
 def make_client(
     *,
     base_url: str,
@@ -132,12 +168,12 @@ def make_client(
     connect_s: float,
     read_s: float,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
+) -> UpstreamClient:
     """One pooled client per provider. `read_s` bounds the gap between two reads (the idle timeout).
 
     `transport` replaces the aiohttp one (tests inject httpx.MockTransport).
     """
-    return httpx.AsyncClient(
+    return UpstreamClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
         transport=transport or AiohttpTransport(),
@@ -310,11 +346,12 @@ def attempt_request(client: httpx.AsyncClient, path: str, body: bytes, call: Cal
     socket ends the attempt (UpstreamSilent: the next one is tried). The last candidate has no read
     timeout: it is given until the request deadline, which the callers enforce, so a slow first token
     or a slow unary answer is waited for, never cut; gaps once a stream flows are bounded above."""
+    url = client.url_for(path) if isinstance(client, UpstreamClient) else path
     if call.has_fallback:
-        return client.build_request("POST", path, content=body, headers=call.headers)
+        return client.build_request("POST", url, content=body, headers=call.headers)
     limits = client.timeout
     patient = httpx.Timeout(connect=limits.connect, read=None, write=limits.write, pool=limits.pool)
-    return client.build_request("POST", path, content=body, headers=call.headers, timeout=patient)
+    return client.build_request("POST", url, content=body, headers=call.headers, timeout=patient)
 
 
 def _went_silent(call: Call, provider: str, what: str) -> UpstreamSilent:
