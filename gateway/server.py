@@ -70,6 +70,7 @@ def _uvicorn_config(app: object, host: str, port: int) -> uvicorn.Config:
         access_log=False,
         log_level="warning",
         server_header=False,
+        proxy_headers=False,  # escalade decides nothing by client address; X-Forwarded-* is never trusted
         timeout_graceful_shutdown=30,
         timeout_keep_alive=30,
         backlog=4096,
