@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 from policies.breaker import BreakerState, Cooldown, phase
 from policies.health import Health, ModelHealth, Outcome
-from policies.schema import Policy
+from policies.retry_budget import RetryLedger
+from policies.schema import Policy, RetryBudgetConf
 from policies.spend import Period
 from policies.stats import Summary, Tally, summarize
 
@@ -106,3 +107,12 @@ def build_health(
             continue
         out[name] = model_health(breaker, cooldown, summary, now)
     return out
+
+
+def retry_allowed(snapshot: Health, retries: RetryLedger, deployment: str, conf: RetryBudgetConf, now: float) -> bool:
+    """Whether `deployment` may be retried now: never a probe (or an attempt its circuit opened under),
+    else as its retry budget allows (each replica keeps its own budget: a retry never waits for Redis)."""
+    entry = snapshot.get(deployment)
+    if entry is not None and entry.circuit != "closed":
+        return False
+    return retries.try_retry(deployment, conf, now)

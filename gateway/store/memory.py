@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from gateway.store.base import Clock, PolicySource, Publish
+from gateway.store.base import Clock, PolicySource, Publish, retry_allowed
 from gateway.store.ledger import Ledger
 from policies.health import Health, ModelHealth, Outcome
 from policies.spend import Period
@@ -77,10 +77,8 @@ class MemoryStore:
         self.ledger.retries.first_attempt(deployment, self.clock())
 
     def allow_retry(self, deployment: str) -> bool:
-        entry = self._snapshot.get(deployment)
-        if entry is not None and entry.circuit != "closed":
-            return False  # a probe (or an attempt the circuit opened under) is not retried
-        return self.ledger.retries.try_retry(deployment, self._policy().resilience.retry_budget, self.clock())
+        conf = self._policy().resilience.retry_budget
+        return retry_allowed(self._snapshot, self.ledger.retries, deployment, conf, self.clock())
 
     def spent(self, key: str, period: Period) -> float | None:
         return self.ledger.spent(key, period, self.clock())

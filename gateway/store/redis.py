@@ -33,7 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.store.base import Clock, PolicySource, Publish, build_health
+from gateway.store.base import Clock, PolicySource, Publish, build_health, retry_allowed
 from gateway.store.keys import Keys, breaker_ttl_s, spend_ttl_s
 from gateway.store.ledger import PERIODS, Ledger
 from policies import ratelimit
@@ -508,10 +508,8 @@ class RedisStore:
         self.local.retries.first_attempt(deployment, self.clock())
 
     def allow_retry(self, deployment: str) -> bool:
-        entry = self._snapshot.get(deployment)
-        if entry is not None and entry.circuit != "closed":
-            return False  # a probe (or an attempt the circuit opened under) is not retried
-        return self.local.retries.try_retry(deployment, self._policy().resilience.retry_budget, self.clock())
+        conf = self._policy().resilience.retry_budget
+        return retry_allowed(self._snapshot, self.local.retries, deployment, conf, self.clock())
 
     def spent(self, key: str, period: Period) -> float | None:
         fleet = self._fleet
