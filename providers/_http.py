@@ -17,7 +17,7 @@ import aiohttp
 import httpx
 import msgspec
 
-from providers.base import Call
+from providers.base import Call, Timeouts
 from providers.errors import (
     ContextLengthExceeded,
     GatewayError,
@@ -180,6 +180,23 @@ def make_client(
         timeout=httpx.Timeout(connect=connect_s, read=read_s, write=connect_s, pool=connect_s),
         follow_redirects=False,
         trust_env=False,
+    )
+
+
+def json_client(
+    base_url: str,
+    headers: dict[str, str],
+    timeouts: Timeouts,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> UpstreamClient:
+    """The client every adapter uses: JSON in and out, `headers` over those defaults (the provider's
+    static headers, then its auth), connect and idle limits from the policy's timeouts."""
+    return make_client(
+        base_url=base_url,
+        headers={"content-type": "application/json", "accept": "application/json", **headers},
+        connect_s=timeouts.connect_s,
+        read_s=timeouts.idle_s,
+        transport=transport,
     )
 
 

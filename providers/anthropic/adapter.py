@@ -9,7 +9,7 @@ import msgspec
 from providers._http import (
     decode_or_protocol_error,
     event_stream,
-    make_client,
+    json_client,
     parse_retry_after,
     post_for_body,
 )
@@ -34,19 +34,12 @@ class AnthropicProvider:
             raise ValueError(f"provider {name}: base_url is required")
         self.name = name
         self._conf = conf
-        headers = {
-            "content-type": "application/json",
-            "accept": "application/json",
-            "anthropic-version": conf.anthropic_version,
-            **conf.headers,
-        }
+        headers = {"anthropic-version": conf.anthropic_version, **conf.headers}
         if conf.betas:
             headers["anthropic-beta"] = ",".join(conf.betas)
         if key is not None:
             headers["x-api-key"] = key.reveal()
-        self._client = make_client(
-            base_url=conf.base_url, headers=headers, connect_s=timeouts.connect_s, read_s=timeouts.idle_s
-        )
+        self._client = json_client(conf.base_url, headers, timeouts)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -15,7 +15,7 @@ import msgspec
 from providers._http import (
     decode_or_protocol_error,
     event_stream,
-    make_client,
+    json_client,
     parse_retry_after,
     post_for_body,
 )
@@ -50,16 +50,10 @@ class GeminiProvider:
         self.name = name
         self._version = conf.api_version.strip("/")
         self._thinking = conf.thinking
-        headers = {"content-type": "application/json", "accept": "application/json", **conf.headers}
+        headers = dict(conf.headers)
         if key is not None:
             headers["x-goog-api-key"] = key.reveal()
-        self._client = make_client(
-            base_url=conf.base_url,
-            headers=headers,
-            connect_s=timeouts.connect_s,
-            read_s=timeouts.idle_s,
-            transport=transport,
-        )
+        self._client = json_client(conf.base_url, headers, timeouts, transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()

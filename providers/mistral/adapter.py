@@ -12,7 +12,7 @@ import msgspec
 from providers._http import (
     decode_or_protocol_error,
     event_stream,
-    make_client,
+    json_client,
     parse_retry_after,
     post_for_body,
 )
@@ -44,16 +44,10 @@ class MistralProvider:
             raise ValueError(f"provider {name}: base_url is required")
         self.name = name
         self._efforts = tuple(conf.reasoning_efforts) or ("none", "high")
-        headers = {"content-type": "application/json", "accept": "application/json", **conf.headers}
+        headers = dict(conf.headers)
         if key is not None:
             headers["authorization"] = f"Bearer {key.reveal()}"
-        self._client = make_client(
-            base_url=conf.base_url,
-            headers=headers,
-            connect_s=timeouts.connect_s,
-            read_s=timeouts.idle_s,
-            transport=transport,
-        )
+        self._client = json_client(conf.base_url, headers, timeouts, transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -12,7 +12,7 @@ from providers._http import (
     error_from_detail,
     error_from_response,
     event_stream,
-    make_client,
+    json_client,
     post_for_body,
 )
 from providers.base import Call, Inbound, Timeouts
@@ -46,12 +46,10 @@ class OpenAICompatProvider:
             raise ValueError(f"provider {name}: base_url is required")
         self.name = name
         self._stream_usage = conf.stream_usage
-        headers = {"content-type": "application/json", "accept": "application/json", **conf.headers}
+        headers = dict(conf.headers)
         if key is not None:
             headers["authorization"] = f"Bearer {key.reveal()}"
-        self._client = make_client(
-            base_url=conf.base_url, headers=headers, connect_s=timeouts.connect_s, read_s=timeouts.idle_s
-        )
+        self._client = json_client(conf.base_url, headers, timeouts)
 
     async def aclose(self) -> None:
         await self._client.aclose()
