@@ -1,22 +1,22 @@
 """HTTP plumbing shared by every adapter: the pooled client, the SSE reader, and status -> typed error.
 
-The client is httpx (its API everywhere above this module) over an aiohttp-backed transport:
-measured on this machine, httpx's own pool costs 4-7x the throughput of aiohttp's under concurrency
-(encode/httpx#3215). The choice lives here and nowhere else. Redirects are never followed (an
-upstream redirect would carry the provider key elsewhere: CVE-2024-6587's class of bug).
+The client is httpx (its API everywhere above this module) over escalade's own HTTP/1.1 transport
+(providers/_transport.py: measured faster than httpx's pool and aiohttp's on this path). The choice lives
+here and nowhere else. Redirects are never followed (an upstream redirect would carry the provider key
+elsewhere: CVE-2024-6587's class of bug).
 """
 
 import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import httpx
 import msgspec
 
+from providers._transport import H1Transport
 from providers.base import Call, Timeouts
 from providers.errors import (
     ContextLengthExceeded,
@@ -36,93 +36,6 @@ from providers.errors import (
 )
 from providers.schema.codec import decode_error_body
 from providers.schema.errors import ErrorDetail
-
-
-@contextlib.contextmanager
-def _mapped_aiohttp_errors() -> Iterator[None]:
-    """aiohttp exceptions -> the httpx exceptions the layer above expects."""
-    try:
-        yield
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc)) from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc)) from exc
-    except aiohttp.SocketTimeoutError as exc:
-        raise httpx.ReadTimeout(str(exc)) from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise httpx.RemoteProtocolError(str(exc) or "server disconnected") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise httpx.RemoteProtocolError(str(exc) or "incomplete response body") from exc
-    except aiohttp.ClientResponseError as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
-    except aiohttp.ClientOSError as exc:
-        raise httpx.ReadError(str(exc)) from exc
-    except aiohttp.ClientError as exc:
-        raise httpx.TransportError(str(exc)) from exc
-
-
-class _AiohttpBody(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped_aiohttp_errors():
-            async for data in self._response.content.iter_any():
-                yield data
-
-    async def aclose(self) -> None:
-        # An unfinished body means the upstream is still generating: close the connection so it
-        # sees the disconnect and stops (release() would try to drain it for reuse).
-        if not self._response.content.is_eof():
-            self._response.close()
-        else:
-            self._response.release()
-
-
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """An httpx transport backed by one aiohttp session with a keep-alive pool."""
-
-    def __init__(self, *, max_connections: int = 512, keepalive_s: float = 30.0) -> None:
-        self._max_connections = max_connections
-        self._keepalive_s = keepalive_s
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=self._keepalive_s)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,  # httpx decodes content-encoding itself
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeout = request.extensions.get("timeout", {})
-        with _mapped_aiohttp_errors():
-            response = await self._get_session().request(
-                request.method,
-                str(request.url),
-                headers=request.headers.multi_items(),
-                data=request.content or None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
-                ),
-            )
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=_AiohttpBody(response),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
 
 class _NoCookies(httpx.Cookies):
@@ -171,12 +84,12 @@ def make_client(
 ) -> UpstreamClient:
     """One pooled client per provider. `read_s` bounds the gap between two reads (the idle timeout).
 
-    `transport` replaces the aiohttp one (tests inject httpx.MockTransport).
+    `transport` replaces escalade's own (tests inject httpx.MockTransport).
     """
     return UpstreamClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
-        transport=transport or AiohttpTransport(),
+        transport=transport or H1Transport(),
         timeout=httpx.Timeout(connect=connect_s, read=read_s, write=connect_s, pool=connect_s),
         follow_redirects=False,
         trust_env=False,

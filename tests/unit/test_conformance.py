@@ -112,7 +112,7 @@ def test_every_adapter_declares_known_capabilities(kind: str) -> None:
 
 
 class Recorder:
-    """Stands in for the shared aiohttp transport: remembers requests, answers 500."""
+    """Stands in for the shared transport: remembers requests, answers 500."""
 
     def __init__(self) -> None:
         self.requests: list[httpx.Request] = []
@@ -136,7 +136,7 @@ async def _send(
     kind: str, need: Need, body: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[httpx.Request], GatewayError | None]:
     recorder = Recorder()
-    monkeypatch.setattr(_http.AiohttpTransport, "handle_async_request", recorder.handle)
+    monkeypatch.setattr(_http.H1Transport, "handle_async_request", recorder.handle)
     provider = _provider(kind)
     decode = {
         "chat": decode_chat_request,

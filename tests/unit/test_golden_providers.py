@@ -69,7 +69,7 @@ class Upstream:
         self.requests: list[httpx.Request] = []
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        """Installed over AiohttpTransport.handle_async_request (a bound method: no transport argument)."""
+        """Installed over H1Transport.handle_async_request (a bound method: no transport argument)."""
         self.requests.append(request)
         status = self.meta.get("upstream_status", 200)
         headers = dict(self.meta.get("upstream_headers", {}))
@@ -94,7 +94,7 @@ def _provider(case: Path, meta: dict[str, Any]) -> Any:
 async def _run(case: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Upstream, Any, GatewayError | None]:
     meta = _load(case / "case.json") if (case / "case.json").exists() else {}
     upstream = Upstream(case, meta)
-    monkeypatch.setattr(_http.AiohttpTransport, "handle_async_request", upstream.handle)
+    monkeypatch.setattr(_http.H1Transport, "handle_async_request", upstream.handle)
     provider, spec = _provider(case, meta)
     body = (case / "request.json").read_bytes()
     endpoint = meta.get("endpoint", "chat")
