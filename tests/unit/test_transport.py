@@ -172,10 +172,13 @@ async def test_a_silent_gap_in_the_body_is_a_read_timeout():
         await asyncio.sleep(5)
         return False
 
-    async with upstream(answer) as up, client(up) as c:
-        async with c.stream("POST", "/", content=b"", timeout=httpx.Timeout(2.0, read=0.2)) as response:
-            with pytest.raises(httpx.ReadTimeout):
-                await response.aread()
+    async with (
+        upstream(answer) as up,
+        client(up) as c,
+        c.stream("POST", "/", content=b"", timeout=httpx.Timeout(2.0, read=0.2)) as response,
+    ):
+        with pytest.raises(httpx.ReadTimeout):
+            await response.aread()
 
 
 async def test_a_refused_connection_is_a_connect_error():
