@@ -51,9 +51,19 @@ class _NoCookies(httpx.Cookies):
 
 
 class UpstreamClient(httpx.AsyncClient):
-    """httpx's pooled client with no cookie jar and the provider's absolute URLs built once."""
+    """httpx's pooled client with no cookie jar, whose attempts skip AsyncClient.send's layers.
+
+    An attempt's request is built from what is fixed per client and path (the absolute URL, the default
+    headers with Host, the timeouts), computed once, and goes straight to the transport: escalade uses
+    none of what `send` adds (auth flows, redirects: never followed, cookies: never kept, event hooks),
+    and those layers cost about a tenth of a request's CPU on this path.
+    """
 
     _no_cookies = _NoCookies()
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, **options: Any) -> None:
+        super().__init__(transport=transport, **options)
+        self._direct = transport
 
     @property  # type: ignore[override]
     def cookies(self) -> httpx.Cookies:
@@ -65,13 +75,42 @@ class UpstreamClient(httpx.AsyncClient):
 
     def url_for(self, path: str) -> httpx.URL:
         """The absolute URL of `path` under the base URL (parsed once per path, not per request)."""
-        urls: dict[str, httpx.URL] | None = self.__dict__.get("_escalade_urls")
-        if urls is None:
-            urls = self.__dict__["_escalade_urls"] = {}
-        url = urls.get(path)
-        if url is None:
-            url = urls[path] = self._merge_url(path)
-        return url
+        return self._target(path)[0]
+
+    def _target(self, path: str) -> tuple[httpx.URL, httpx.Headers]:
+        targets: dict[str, tuple[httpx.URL, httpx.Headers]] | None = self.__dict__.get("_escalade_targets")
+        if targets is None:
+            targets = self.__dict__["_escalade_targets"] = {}
+        target = targets.get(path)
+        if target is None:
+            url = self._merge_url(path)
+            headers = httpx.Headers(self.headers)
+            headers["host"] = url.netloc.decode("ascii")
+            target = targets[path] = (url, headers)
+        return target
+
+    def attempt(self, path: str, body: bytes, headers: dict[str, str], *, patient: bool) -> httpx.Request:
+        """The POST of one attempt. `patient`: no read timeout (the last candidate waits until the deadline)."""
+        url, base = self._target(path)
+        merged = httpx.Headers(base)
+        for name, value in headers.items():
+            merged[name] = value
+        limits = self.__dict__.get("_escalade_limits")
+        if limits is None:
+            t = self.timeout
+            limits = self.__dict__["_escalade_limits"] = (
+                {"timeout": t.as_dict()},
+                {"timeout": httpx.Timeout(connect=t.connect, read=None, write=t.write, pool=t.pool).as_dict()},
+            )
+        return httpx.Request("POST", url, headers=merged, content=body, extensions=limits[patient])
+
+    async def send_direct(self, request: httpx.Request) -> httpx.Response:
+        """`request` through the transport, its body unread (the caller reads or closes it)."""
+        if self.is_closed:
+            raise RuntimeError("the upstream client is closed")
+        response = await self._direct.handle_async_request(request)
+        response.request = request
+        return response
 
 
 def make_client(
@@ -276,12 +315,19 @@ def attempt_request(client: httpx.AsyncClient, path: str, body: bytes, call: Cal
     socket ends the attempt (UpstreamSilent: the next one is tried). The last candidate has no read
     timeout: it is given until the request deadline, which the callers enforce, so a slow first token
     or a slow unary answer is waited for, never cut; gaps once a stream flows are bounded above."""
-    url = client.url_for(path) if isinstance(client, UpstreamClient) else path
+    if isinstance(client, UpstreamClient):
+        return client.attempt(path, body, call.headers, patient=not call.has_fallback)
     if call.has_fallback:
-        return client.build_request("POST", url, content=body, headers=call.headers)
+        return client.build_request("POST", path, content=body, headers=call.headers)
     limits = client.timeout
     patient = httpx.Timeout(connect=limits.connect, read=None, write=limits.write, pool=limits.pool)
-    return client.build_request("POST", url, content=body, headers=call.headers, timeout=patient)
+    return client.build_request("POST", path, content=body, headers=call.headers, timeout=patient)
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    if isinstance(client, UpstreamClient):
+        return await client.send_direct(request)
+    return await client.send(request, stream=True)
 
 
 def _went_silent(call: Call, provider: str, what: str) -> UpstreamSilent:
@@ -300,7 +346,7 @@ async def post_for_body(
     try:
         async with asyncio.timeout_at(loop_deadline(call.deadline)):
             try:
-                response = await client.send(request, stream=True)
+                response = await _send(client, request)
             except httpx.ReadTimeout:
                 raise _went_silent(call, provider, "no response") from None
             try:
@@ -340,7 +386,7 @@ async def event_stream(
     headers_by = min(call.deadline, time.monotonic() + call.timeouts.headers_s)
     try:
         async with asyncio.timeout_at(loop_deadline(headers_by)):
-            response = await client.send(request, stream=True)
+            response = await _send(client, request)
     except (TimeoutError, httpx.ReadTimeout):
         message = f"{provider}: no response headers within {call.timeouts.headers_s:g}s"
         raise UpstreamSilent(message, provider=provider) from None

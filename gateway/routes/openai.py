@@ -1,16 +1,22 @@
-"""The OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+"""The OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+
+The three inference endpoints are Litestar ASGI handlers: they read the ASGI scope and body and write the
+response messages themselves. Litestar still routes them, runs the app middleware (gateway/instrument.py)
+and turns every exception into an OpenAI-shaped error (gateway/errors.py); what they skip is its request
+and response objects, which cost about a fifth of a request's CPU on this path (docs/performance.md).
+"""
 
 import asyncio
 import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from litestar import Request, Response, get, post
-from litestar.response import Stream
+from litestar import Request, Response, asgi, get
+from litestar.exceptions import MethodNotAllowedException
 from msgspec import UNSET
 
 from gateway import instrument
@@ -40,13 +46,14 @@ from providers.schema.codec import (
 )
 from providers.schema.completions import ModelCard, ModelList
 
-T = TypeVar("T")
 Needs = Callable[[Any], frozenset[str]]
 _COMPLETIONS = frozenset({"completions"})
 _EMBEDDINGS = frozenset({"embeddings"})
 log = logging.getLogger("escalade.stream")
 JSON = "application/json"
 SSE = "text/event-stream"
+_JSON_TYPE = (b"content-type", b"application/json")
+_SSE_HEAD = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-accel-buffering", b"no")]
 
 
 @dataclass(slots=True)
@@ -55,6 +62,8 @@ class Prepared:
     principal: Principal
     inbound: Inbound[Any]
     dispatch: Dispatch
+    headers: Mapping[str, str]
+    """The client's request headers (lower-case names; the last one wins when a name repeats)."""
 
 
 def gateway_state(request: Request[Any, Any, Any]) -> GatewayState:
@@ -66,23 +75,34 @@ def request_id_of(request: Request[Any, Any, Any]) -> str:
     return instrument.request_id(request.scope)
 
 
-async def _prepare(
-    request: Request[Any, Any, Any], decode: Callable[[bytes], Any], operation: str, needs: Needs
-) -> Prepared:
+async def _body_chunks(receive: Any) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def _prepare(scope: Any, receive: Any, decode: Callable[[bytes], Any], operation: str, needs: Needs) -> Prepared:
     """Auth (before the body is read), body, decode, caps, route: everything before the first upstream byte."""
-    state = gateway_state(request)
+    if scope["method"] != "POST":
+        raise MethodNotAllowedException(headers={"allow": "POST"})
+    state: GatewayState = scope["litestar_app"].state.gateway
     runtime = state.runtime  # read once: this request lives under this policy version
-    principal = authenticate(request.headers.get("authorization"), runtime, loopback=state.loopback)
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    principal = authenticate(headers.get("authorization"), runtime, loopback=state.loopback)
     await admit(state, principal.name)
     server = runtime.policy.server
-    body = await read_body(request.stream(), request.headers.get("content-length"), server.max_request_bytes)
+    body = await read_body(_body_chunks(receive), headers.get("content-length"), server.max_request_bytes)
     inbound = decode_inbound(body, decode)
     check_caps(inbound.typed, server)
     route = inbound.typed.model
-    record = instrument.record_of(request.scope)
+    record = instrument.record_of(scope)
     instrument.note_route(record, route, runtime.policy, inbound)
     authorize_route(principal, route, runtime)
-    facts = request_facts(len(body), inbound.typed, request.headers.get(MAX_COST_HEADER))
+    facts = request_facts(len(body), inbound.typed, headers.get(MAX_COST_HEADER))
     needed = needs(inbound.typed)
     the_plan: Plan = instrument.planned(
         record,
@@ -96,7 +116,7 @@ async def _prepare(
         principal=principal,
         inbound=inbound,
         dispatch=Dispatch(
-            request_id=request_id_of(request),
+            request_id=instrument.request_id(scope),
             operation=operation,
             deadline=deadline,
             runtime=runtime,
@@ -105,6 +125,7 @@ async def _prepare(
             guard=state.store,
             record=record,
         ),
+        headers=headers,
     )
 
 
@@ -124,28 +145,76 @@ def _headers(prep: Prepared, answer: Answer[Any], cost: float | None = None) -> 
     return headers
 
 
-async def _until_disconnect(request: Request[Any, Any, Any], work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`, cancelling it (and so the upstream call) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+
+class _Exchange:
+    """The response side of one request: its messages out, and the client's disconnect watched meanwhile.
+
+    Once the request body is read, one watcher task waits for `http.disconnect`; if it comes before the
+    response is complete, the request's own task is cancelled (and with it the upstream call, which
+    closes its connection) and the endpoint ends with ClientDisconnected. No second task runs the work.
+    """
+
+    __slots__ = ("_finished", "_gone", "_send", "_task", "_watcher")
+
+    def __init__(self, receive: Any, send: Any) -> None:
+        self._send = send
+        self._finished = False
+        self._gone = False
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self._finished and self._task is not None:
+                    self._gone = True
+                    self._task.cancel()
+                return
+
+    def close(self) -> None:
+        self._watcher.cancel()
+
+    def disconnected(self) -> bool:
+        """After a CancelledError: True when it was the client leaving (and the cancellation is taken back)."""
+        if self._gone and self._task is not None:
+            self._task.uncancel()
+            return True
+        return False
+
+    async def json(self, body: bytes, headers: dict[str, str]) -> None:
+        raw = [_JSON_TYPE, (b"content-length", str(len(body)).encode()), *_raw(headers)]
+        await self._send({"type": "http.response.start", "status": 200, "headers": raw})
+        self._finished = True
+        await self._send({"type": "http.response.body", "body": body})
+
+    async def sse(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        send = self._send
+        await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEAD, *_raw(headers)]})
+        async with contextlib.aclosing(events):  # its `finally` (upstream closed, stream recorded) runs however it ends
+            async for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        self._finished = True
+        await send({"type": "http.response.body", "body": b""})
+
+
+Endpoint = Callable[[Prepared, _Exchange], Coroutine[Any, Any, None]]
+
+
+async def _serve(scope: Any, receive: Any, send: Any, prep: Prepared, endpoint: Endpoint) -> None:
+    """Run `endpoint` for a prepared request; a client that leaves first cancels it (ClientDisconnected)."""
+    exchange = _Exchange(receive, send)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await endpoint(prep, exchange)
+    except asyncio.CancelledError:
+        if exchange.disconnected():
+            raise ClientDisconnected from None
+        raise
     finally:
-        if not task.done():
-            task.cancel()
-        watcher.cancel()
-    if task.cancelled() or not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientDisconnected
-    return task.result()
-
-
-async def _disconnected(request: Request[Any, Any, Any]) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+        exchange.close()
 
 
 # ---------------------------------------------------------------- endpoints
@@ -153,63 +222,69 @@ async def _disconnected(request: Request[Any, Any, Any]) -> None:
 ProviderCall = Callable[[Provider, Inbound[Any], Call], Coroutine[Any, Any, Any]]
 
 
-@post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
-    prep = await _prepare(request, decode_chat_request, "chat", required_by_chat)
+@asgi("/v1/chat/completions", copy_scope=False)
+async def chat_completions(scope: Any, receive: Any, send: Any) -> None:
+    prep = await _prepare(scope, receive, decode_chat_request, "chat", required_by_chat)
     if prep.dispatch.plan.strategy == "cascade":
-        return await _cascade(request, prep)
+        endpoint: Endpoint = _cascade
+    elif prep.inbound.typed.is_stream:
+        endpoint = _streaming(lambda p, i, c: p.chat_stream(i, c))
+    else:
+        endpoint = _unary(lambda p, i, c: p.chat(i, c))
+    await _serve(scope, receive, send, prep, endpoint)
+
+
+@asgi("/v1/completions", copy_scope=False)
+async def completions(scope: Any, receive: Any, send: Any) -> None:
+    prep = await _prepare(scope, receive, decode_completion_request, "text_completion", lambda _: _COMPLETIONS)
     if prep.inbound.typed.is_stream:
-        return await _stream(request, prep, lambda p, i, c: p.chat_stream(i, c))
-    return await _unary(request, prep, lambda p, i, c: p.chat(i, c))
+        endpoint = _streaming(lambda p, i, c: p.completion_stream(i, c))
+    else:
+        endpoint = _unary(lambda p, i, c: p.completion(i, c))
+    await _serve(scope, receive, send, prep, endpoint)
 
 
-@post("/v1/completions", status_code=200)
-async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
-    prep = await _prepare(request, decode_completion_request, "text_completion", lambda _: _COMPLETIONS)
-    if prep.inbound.typed.is_stream:
-        return await _stream(request, prep, lambda p, i, c: p.completion_stream(i, c))
-    return await _unary(request, prep, lambda p, i, c: p.completion(i, c))
+@asgi("/v1/embeddings", copy_scope=False)
+async def embeddings(scope: Any, receive: Any, send: Any) -> None:
+    prep = await _prepare(scope, receive, decode_embedding_request, "embeddings", lambda _: _EMBEDDINGS)
+    await _serve(scope, receive, send, prep, _unary(lambda p, i, c: p.embeddings(i, c), priced=False))
 
 
-@post("/v1/embeddings", status_code=200)
-async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
-    prep = await _prepare(request, decode_embedding_request, "embeddings", lambda _: _EMBEDDINGS)
-    return await _unary(request, prep, lambda p, i, c: p.embeddings(i, c), priced=False)
+def _unary(call_provider: ProviderCall, *, priced: bool = True) -> Endpoint:
+    async def endpoint(prep: Prepared, out: _Exchange) -> None:
+        answer = await dispatch(prep.dispatch, lambda provider, call: call_provider(provider, prep.inbound, call))
+        usage = answer.result.usage
+        cost = usage_cost(answer.candidate.model.price, usage) if priced else None
+        settle(prep.state, prep.principal.name, cost, usage)
+        instrument.answered(prep.dispatch.record, answer.candidate.name, answer.attempts, usage, cost)
+        await out.json(encode(answer.result), _headers(prep, answer, cost))
+
+    return endpoint
 
 
-async def _unary(
-    request: Request[Any, Any, Any], prep: Prepared, call_provider: ProviderCall, *, priced: bool = True
-) -> Response[bytes]:
-    work = dispatch(prep.dispatch, lambda provider, call: call_provider(provider, prep.inbound, call))
-    answer = await _until_disconnect(request, work)
-    usage = answer.result.usage
-    cost = usage_cost(answer.candidate.model.price, usage) if priced else None
-    settle(prep.state, prep.principal.name, cost, usage)
-    instrument.answered(prep.dispatch.record, answer.candidate.name, answer.attempts, usage, cost)
-    return Response(content=encode(answer.result), media_type=JSON, headers=_headers(prep, answer, cost))
-
-
-async def _cascade(request: Request[Any, Any, Any], prep: Prepared) -> Response[Any]:
+async def _cascade(prep: Prepared, out: _Exchange) -> None:
     """strategy cascade (gateway/cascade.py): rungs until an answer passes the gate; it leaves like any other."""
     key = prep.principal.name
     run = Cascade.for_request(
         prep.dispatch,
         prep.inbound,
-        request.headers,
+        prep.headers,
         key_left=budget_left(prep.state, key),
         shadows=prep.state.shadows,
         charge=lambda usd, usage: settle(prep.state, key, usd, usage),
     )
-    streaming = prep.inbound.typed.is_stream
-    answer = await _until_disconnect(request, run.stream() if streaming else run.unary())
-    headers = {**_headers(prep, answer, run.cost()), **run.headers()}
-    if not streaming:
+    if not prep.inbound.typed.is_stream:
+        answer = await run.unary()
+        headers = {**_headers(prep, answer, run.cost()), **run.headers()}
         usage = answer.result.usage
         instrument.answered(prep.dispatch.record, answer.candidate.name, answer.attempts, usage, run.cost())
-        return Response(content=encode(answer.result), media_type=JSON, headers=headers)
+        await out.json(encode(answer.result), headers)
+        return
+    answer = await run.stream()
+    headers = {**_headers(prep, answer, run.cost()), **run.headers()}
     instrument.committed(prep.dispatch.record, answer.candidate.name, answer.attempts)
-    body = _sse_body(answer.result, prep, answer.candidate, want_usage=prep.inbound.typed.wants_usage_chunk)
-    return Stream(content=body, media_type=SSE, headers={**headers, "x-accel-buffering": "no"})
+    want_usage = prep.inbound.typed.wants_usage_chunk
+    await out.sse(_sse_body(answer.result, prep, answer.candidate, want_usage=want_usage), headers)
 
 
 @get("/v1/models")
@@ -238,18 +313,19 @@ async def get_model(request: Request[Any, Any, Any]) -> Response[bytes]:
 # ---------------------------------------------------------------- streaming
 
 
-async def _stream(
-    request: Request[Any, Any, Any], prep: Prepared, open_provider_stream: Callable[..., Any]
-) -> Response[Any]:
+def _streaming(open_provider_stream: Callable[..., Any]) -> Endpoint:
     """Retry and fall back until one deployment's stream reaches its commit point, then relay it."""
 
-    async def attempt(provider: Provider, call: Call) -> Committed[Any]:
-        return await open_stream(open_provider_stream(provider, prep.inbound, call), call, provider.name)
+    async def endpoint(prep: Prepared, out: _Exchange) -> None:
+        async def attempt(provider: Provider, call: Call) -> Committed[Any]:
+            return await open_stream(open_provider_stream(provider, prep.inbound, call), call, provider.name)
 
-    answer = await _until_disconnect(request, dispatch(prep.dispatch, attempt))
-    instrument.committed(prep.dispatch.record, answer.candidate.name, answer.attempts)
-    body = _sse_body(answer.result, prep, answer.candidate, want_usage=prep.inbound.typed.wants_usage_chunk)
-    return Stream(content=body, media_type=SSE, headers={**_headers(prep, answer), "x-accel-buffering": "no"})
+        answer = await dispatch(prep.dispatch, attempt)
+        instrument.committed(prep.dispatch.record, answer.candidate.name, answer.attempts)
+        want_usage = prep.inbound.typed.wants_usage_chunk
+        await out.sse(_sse_body(answer.result, prep, answer.candidate, want_usage=want_usage), _headers(prep, answer))
+
+    return endpoint
 
 
 async def _sse_body(
