@@ -3,7 +3,7 @@
 The three inference endpoints are Litestar ASGI handlers: they read the ASGI scope and body and write the
 response messages themselves. Litestar still routes them, runs the app middleware (gateway/instrument.py)
 and turns every exception into an OpenAI-shaped error (gateway/errors.py); what they skip is its request
-and response objects, which cost about a fifth of a request's CPU on this path (docs/performance.md).
+and response objects, which cost about a fifth of a request's CPU on this path (README, Performance).
 """
 
 import asyncio
