@@ -9,13 +9,19 @@ from pathlib import Path
 
 import msgspec
 
-from policies.calibrate import CalibrationRecord, Fit, fit_threshold
+from policies.calibrate import BOUNDS, CalibrationRecord, Fit, fit_threshold
 
 HELP = """\
 Read a shadow log (one CalibrationRecord JSON object a line, as the gate's shadow mode writes it;
 see docs/cascade-gate.md) and, for each route in it, find the lowest-cost min_score whose quality
-loss against always escalating stays under --target-loss at the --confidence bootstrap upper bound.
+loss against always escalating stays under --target-loss at the --confidence upper bound.
 Prints the fit and the policy snippet to paste under the route.
+
+The bound (--bound score, the default) is Tango's score bound on the paired loss: the share of
+requests whose accepted answer was worse than the last rung's minus the share where it was better,
+with its variance taken at the bound. Thresholds are tested from the strictest down and the search
+stops at the first that fails. --bound bootstrap uses the percentile bootstrap instead (--bootstrap
+resamples, --seed); it is too optimistic when the loss comes from a handful of wrong answers.
 
 A record is labelled by `correct` (the gated answer was right) or, failing that, `agree` (it agreed
 with the last rung's answer); unlabelled records are skipped. Plan for 500-1000 labelled records a
@@ -40,9 +46,10 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         "--target-loss", required=True, type=_share, help="largest quality loss vs always escalating, e.g. 0.01 (1 pp)"
     )
     p.add_argument("--route", help="only this route (default: every route in the log)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--confidence", type=_share, default=0.95, help="confidence of the upper bound (default 0.95)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--confidence", type=_share, default=0.9, help="confidence of the upper bound (default 0.9)")
+    p.add_argument("--bound", choices=BOUNDS, default="score", help="upper bound of the loss (default score)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="--bound bootstrap: resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="--bound bootstrap: seed of the resampling (default 0)")
 
 
 def _share(text: str) -> float:
@@ -103,7 +110,12 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     for route in [args.route] if args.route is not None else sorted(by_route):
         fit = fit_threshold(
-            by_route[route], args.target_loss, bootstrap=args.bootstrap, confidence=args.confidence, seed=args.seed
+            by_route[route],
+            args.target_loss,
+            confidence=args.confidence,
+            bound=args.bound,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
         )
         if fit.n == 0:
             why = f"none of its {fit.unlabelled} records has a label (correct or agree)"
@@ -122,7 +134,7 @@ def report(route: str, fit: Fit, seed: int) -> str:
         lines.append(f"  warning: fewer than {MIN_RECORDS} records: the bound is wide, the threshold cautious")
     lines.append(
         f"  target        quality loss <= {100 * fit.target_loss:.2f} pp vs always escalating, at the {conf} "
-        f"bootstrap upper bound ({fit.bootstrap} resamples, seed {seed})"
+        f"upper bound ({_bound_name(fit, seed)})"
     )
     if fit.threshold is None:
         lines.append("  min_score     none meets the target on these records: every answer would escalate")
@@ -146,6 +158,12 @@ def report(route: str, fit: Fit, seed: int) -> str:
         f"      min_score: {fit.threshold!r}",
     ]
     return "\n".join(lines)
+
+
+def _bound_name(fit: Fit, seed: int) -> str:
+    if fit.bound == "bootstrap":
+        return f"percentile bootstrap, {fit.bootstrap} resamples, seed {seed}"
+    return "score bound on the paired loss"
 
 
 def _yaml_key(name: str) -> str:

@@ -3,13 +3,21 @@
 Each `CalibrationRecord` is one request the gate judged, with a label saying whether the gated
 rung's answer was good enough: `correct` (a task checker or judge) or, in shadow mode, `agree` (the
 local answer matched the last rung's). `fit_threshold` picks the lowest-cost threshold whose quality
-loss against always escalating stays under the target at a bootstrap upper confidence bound: with
-a few hundred records the point estimate misses the target in about half the cases (routing.md 3.2).
+loss against always escalating stays under the target at an upper confidence bound: with a few
+hundred records the point estimate misses the target in about half the cases (routing.md 3.2).
+
+The default bound is the score (Tango) bound on a paired difference: the loss is the share of
+requests where the accepted answer was wrong and the last rung's right, minus the share where it was
+the other way round, and its variance is taken where the loss would sit at the bound, not where it
+was observed. A loss made of a handful of wrong answers (the usual case: an accepted set is mostly
+right) has an observed variance that is too small, which is why a bootstrap or Wald bound there
+certifies thresholds it should not; the percentile bootstrap is kept as `bound="bootstrap"`.
 """
 
 import itertools
 import math
 import random
+import statistics
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -137,13 +145,19 @@ class Fit:
     loss: float
     """Point estimate of the quality loss on the records."""
     loss_upper: float
-    """Bootstrap upper bound of the loss at `confidence`."""
+    """Upper confidence bound of the loss at `confidence`."""
     n: int
     """Labelled records used."""
     unlabelled: int
     target_loss: float
     confidence: float
     bootstrap: int
+    """Resamples of the bootstrap bound (0 with the score bound)."""
+    bound: str = "score"
+    """"score" (Tango's score bound on the paired loss) or "bootstrap" (percentile bootstrap)."""
+
+
+BOUNDS = ("score", "bootstrap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,26 +257,40 @@ def fit_threshold(
     records: Sequence[CalibrationRecord],
     target_loss: float,
     *,
+    confidence: float = 0.9,
+    bound: str = "score",
     bootstrap: int = 1000,
-    confidence: float = 0.95,
     seed: int = 0,
     limit: int = 500,
 ) -> Fit:
     """The lowest-cost min_score whose quality loss vs always escalating stays <= target_loss at the
-    `confidence` bootstrap upper bound.
+    `confidence` upper bound (`bound`: "score", Tango's bound on the paired loss; "bootstrap", the
+    percentile bootstrap over `bootstrap` resamples drawn with `seed`, 0 resamples: the point estimate).
 
     Thresholds are tested from the strictest (accept nothing, loss 0) down, and the search stops at
     the first one whose upper bound exceeds the target (fixed-sequence testing, as in Learn-then-Test:
-    no threshold past a failing one is trusted, which keeps lucky dips of a noisy curve out).
+    each threshold is a test of "its loss exceeds the target" at level 1 - confidence, and no
+    threshold past a failing one is trusted, which keeps lucky dips of a noisy curve out).
     """
     if not 0 < confidence < 1:
         raise ValueError("confidence must be between 0 and 1")
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {', '.join(BOUNDS)}")
     table = _table(records)
     cuts = _cuts(table, limit)
-    uppers = _upper_bounds(table, cuts, bootstrap, confidence, random.Random(seed))  # noqa: S311 - resampling, not secrets
-    chosen = 0
-    while chosen + 1 < len(cuts) and uppers[chosen + 1] <= target_loss:
-        chosen += 1
+    if bound == "score":
+        passes = _score_passes(table, cuts, target_loss, confidence)
+        chosen = 0
+        while chosen + 1 < len(cuts) and passes[chosen + 1]:
+            chosen += 1
+        upper = _score_upper(table, cuts[chosen], confidence)
+        bootstrap = 0
+    else:
+        uppers = _upper_bounds(table, cuts, bootstrap, confidence, random.Random(seed))  # noqa: S311 - resampling, not secrets
+        chosen = 0
+        while chosen + 1 < len(cuts) and uppers[chosen + 1] <= target_loss:
+            chosen += 1
+        upper = uppers[chosen]
     k = cuts[chosen]
     point = _point(table, k, _threshold(table, k))
     return Fit(
@@ -270,13 +298,117 @@ def fit_threshold(
         escalation_rate=point.escalation_rate,
         cost_rel=point.cost_rel,
         loss=point.loss,
-        loss_upper=uppers[chosen],
+        loss_upper=upper,
         n=len(table.losses),
         unlabelled=table.unlabelled,
         target_loss=target_loss,
         confidence=confidence,
         bootstrap=bootstrap,
+        bound=bound,
     )
+
+
+# ---------------------------------------------------------------- the score bound
+
+
+@dataclass(frozen=True, slots=True)
+class PairedCounts:
+    """The accepted records at one threshold, as a paired comparison with always escalating."""
+
+    worse: float
+    """(Effective) requests whose accepted answer was worse than the last rung's (loss 1)."""
+    better: float
+    """Requests whose accepted answer was better (loss -1)."""
+    n: float
+    """Effective number of requests, accepted or not (Kish: (sum w)^2 / sum w^2; n when unweighted)."""
+
+
+def paired_counts(table: _Table, k: int) -> PairedCounts:
+    """The first k records of `table` accepted. Weights are rescaled to the effective sample size, so
+    records sampled at a rate (weight 1 / rate) count as what they are: one observation each."""
+    total = table.total_weight
+    squares = sum(w * w for w in table.weights)
+    if total <= 0 or squares <= 0:
+        return PairedCounts(0.0, 0.0, 0.0)
+    scale = total / squares  # w * scale sums to (sum w)^2 / sum w^2
+    worse = better = 0.0
+    for w, d in zip(table.weights[:k], table.losses[:k], strict=True):
+        if d > 0:
+            worse += w * scale
+        elif d < 0:
+            better += w * scale
+    return PairedCounts(worse, better, total * scale)
+
+
+def score_statistic(counts: PairedCounts, delta: float) -> float:
+    """Tango's score statistic for "the paired loss (worse - better) / n equals delta": the observed
+    loss minus delta over its standard error at the restricted maximum-likelihood cell probabilities
+    (Tango 1998, Stat Med 17:891). Negative: the loss is below delta. Strictly decreasing in delta."""
+    b, c, n = counts.worse, counts.better, counts.n
+    if n <= 0:
+        return 0.0
+    if delta < 0:  # the same test with the two discordant cells swapped
+        return -score_statistic(PairedCounts(c, b, n), -delta)
+    # restricted MLE of P(better) given P(worse) - P(better) = delta: root of 2n p^2 + B p + C = 0
+    quad_b = (2 * n - b + c) * delta - (b + c)
+    quad_c = -c * delta * (1 - delta)
+    p_better = (-quad_b + math.sqrt(max(0.0, quad_b * quad_b - 8 * n * quad_c))) / (4 * n)
+    variance = (2 * p_better + delta - delta * delta) / n
+    if variance <= 0:
+        return -math.inf if (b - c) / n < delta else math.inf if (b - c) / n > delta else 0.0
+    return ((b - c) / n - delta) / math.sqrt(variance)
+
+
+def score_upper(counts: PairedCounts, confidence: float) -> float:
+    """One-sided `confidence` upper bound of the paired loss: the delta at which the score statistic
+    falls to -z (the bound's inversion, by bisection)."""
+    if counts.n <= 0:
+        return 0.0
+    z = _z(confidence)
+    low, high = (counts.worse - counts.better) / counts.n, 1.0
+    if score_statistic(counts, high) > -z:
+        return high
+    for _ in range(60):
+        mid = (low + high) / 2
+        if score_statistic(counts, mid) > -z:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def _z(confidence: float) -> float:
+    return statistics.NormalDist().inv_cdf(confidence)
+
+
+def _score_passes(table: _Table, cuts: list[int], target: float, confidence: float) -> list[bool]:
+    """Per cut: does the score test reject "loss >= target" at level 1 - confidence? (The upper
+    bound is <= target exactly then; testing at the target avoids a bisection per cut.)"""
+    z = _z(confidence)
+    total = table.total_weight
+    squares = sum(w * w for w in table.weights)
+    if total <= 0 or squares <= 0:
+        return [True] + [False] * (len(cuts) - 1)
+    scale = total / squares
+    n = total * scale
+    out, worse, better, j = [], 0.0, 0.0, 0
+    for k in cuts:
+        while j < k:
+            d = table.losses[j]
+            if d > 0:
+                worse += table.weights[j] * scale
+            elif d < 0:
+                better += table.weights[j] * scale
+            j += 1
+        out.append(k == 0 or score_statistic(PairedCounts(worse, better, n), target) <= -z)
+    return out
+
+
+def _score_upper(table: _Table, k: int, confidence: float) -> float:
+    return 0.0 if k == 0 else score_upper(paired_counts(table, k), confidence)
+
+
+# ---------------------------------------------------------------- the bootstrap bound
 
 
 def _upper_bounds(table: _Table, cuts: list[int], rounds: int, confidence: float, rng: random.Random) -> list[float]:

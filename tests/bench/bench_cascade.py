@@ -9,7 +9,8 @@ MMLU, P(True) for TriviaQA/GSM8K), both models' correctness and costs. Then:
 - the cost-quality curve over every threshold (`policies.calibrate.tradeoff`);
 - baselines: always-small, always-large, random escalation at the calibrated rate, the oracle
   (escalate exactly when the small model is wrong);
-- 20 random splits: `fit_threshold` (the code `escalade calibrate` runs) on one part, the chosen
+- 20 random splits: `fit_threshold` (the code `escalade calibrate` runs, by default the score bound
+  at 90%; `--bound bootstrap --confidence 0.95` is the previous default) on one part, the chosen
   min_score evaluated on the other; cost relative to always-large, realised loss, and how often the
   realised loss exceeded the target.
 
@@ -38,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from policies.calibrate import CalibrationRecord, Point, evaluate, fit_threshold, tradeoff  # noqa: E402
+from policies.calibrate import BOUNDS, CalibrationRecord, Point, evaluate, fit_threshold, tradeoff  # noqa: E402
 from policies.gate import features, score  # noqa: E402
 
 DATA_FILE = "cascade-replay.jsonl.gz"
@@ -174,7 +175,8 @@ def replay_pair(
     cal_fraction: float = 0.5,
     target: float = 0.01,
     bootstrap: int = 1000,
-    confidence: float = 0.95,
+    confidence: float = 0.9,
+    bound: str = "score",
     seed: int = 0,
 ) -> Result:
     records = [q.record for q in queries]
@@ -189,7 +191,7 @@ def replay_pair(
         cut = round(n * cal_fraction)
         cal = [records[j] for j in order[:cut]]
         test = [records[j] for j in order[cut:]]
-        fit = fit_threshold(cal, target, bootstrap=bootstrap, confidence=confidence, seed=seed + i)
+        fit = fit_threshold(cal, target, bootstrap=bootstrap, confidence=confidence, bound=bound, seed=seed + i)
         results.append(
             SplitResult(fit.threshold, evaluate(cal, fit.threshold), evaluate(test, fit.threshold), fit.loss_upper)
         )
@@ -280,22 +282,29 @@ def bar_verdict(result: Result) -> str:
     return f"{'PASS' if ok else 'FAIL'} ({100 * cost:.1f}%, missed {result.missed}/{len(result.splits)})"
 
 
-def sweep_table(runs: Sequence[tuple[float, float, Result]]) -> str:
-    """The bar pair at several calibration settings: (confidence, share calibrated on, result)."""
+def sweep_table(runs: Sequence[tuple[str, float, float, Result]]) -> str:
+    """The bar pair at several calibration settings: (bound, confidence, share calibrated on, result)."""
     lines = [
-        "| confidence | calibrate on | calibrated cost (min-max) | escalated | realised loss pp (max) | missed | bar |",
-        "|---|---|---|---|---|---|---|",
+        "| bound | confidence | calibrate on | calibrated cost (min-max) | escalated | realised loss pp (max) | missed "
+        "| bar |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for confidence, fraction, r in runs:
+    for bound, confidence, fraction, r in runs:
         costs = [s.test.cost_rel or 0.0 for s in r.splits]
         worst = max(s.test.loss for s in r.splits)
         spread = f"{_pct(min(costs))}-{_pct(max(costs))}"
         lines.append(
-            f"| {confidence:g} | {fraction:.0%} | {100 * r.mean('cost_rel'):.1f}% ({spread})"
+            f"| {bound} | {confidence:g} | {fraction:.0%} | {100 * r.mean('cost_rel'):.1f}% ({spread})"
             f" | {_pct(r.mean('escalation_rate'))} | {_pp(r.mean('loss'))} ({_pp(worst)}) | {r.missed}/{len(r.splits)}"
             f" | {bar_verdict(r)} |"
         )
     return "\n".join(lines)
+
+
+def _setting(text: str) -> tuple[str, float, float]:
+    """ "bound:confidence[:calibration share]", e.g. "score:0.9" or "bootstrap:0.95:0.7"."""
+    bound, confidence, *rest = text.split(":")
+    return bound, float(confidence), float(rest[0]) if rest else 0.5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,11 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", type=int, default=20)
     parser.add_argument("--cal-fraction", type=float, default=0.5, help="share of queries to calibrate on")
     parser.add_argument("--target-loss", type=float, default=0.01)
-    parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--bound", choices=BOUNDS, default="score", help="upper bound of the fit (default score)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the bootstrap bound")
+    parser.add_argument("--confidence", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--sweep", default="0.8,0.9,0.95", help="confidences to also run the bar pair at, comma-separated ('' for none)"
+        "--sweep",
+        default="score:0.9,score:0.95,score:0.9:0.7,bootstrap:0.8,bootstrap:0.9,bootstrap:0.95",
+        help="bound:confidence[:share] settings to also run the bar pair at, comma-separated ('' for none)",
     )
     args = parser.parse_args(argv)
     path = args.data if args.data else data_dir()
@@ -322,11 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [tuple(p.split(":", 1)) for p in args.pairs.split(",")]
     common = {"splits": args.splits, "target": args.target_loss, "bootstrap": args.bootstrap, "seed": args.seed}
     results = replay(
-        rows, args.datasets.split(","), pairs, cal_fraction=args.cal_fraction, confidence=args.confidence, **common
+        rows,
+        args.datasets.split(","),
+        pairs,
+        cal_fraction=args.cal_fraction,
+        confidence=args.confidence,
+        bound=args.bound,
+        **common,
     )
+    how = "score (Tango) bound on the paired loss"
+    if args.bound == "bootstrap":
+        how = f"percentile bootstrap ({args.bootstrap} resamples)"
     print(
         f"Cascade replay: target loss {100 * args.target_loss:g} pp vs always-large at the {args.confidence:g} "
-        f"bootstrap upper bound ({args.bootstrap} resamples); {args.splits} random splits, "
+        f"upper bound, {how}; {args.splits} random splits, "
         f"{args.cal_fraction:.0%} of the queries to calibrate, the rest to evaluate. Costs relative to always-large.\n"
     )
     print(summary_table(results))
@@ -336,23 +357,23 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(
             f"bar ({r.dataset} {r.small} -> {r.large}: cost <= {_pct(BAR['max_cost_rel'])} of always-large, target "
-            f"missed in <= {BAR['max_missed']} of {len(r.splits)} splits) at confidence {args.confidence:g}: "
-            f"{bar_verdict(r)}"
+            f"missed in <= {BAR['max_missed']} of {len(r.splits)} splits) with the {args.bound} bound at "
+            f"{args.confidence:g}: {bar_verdict(r)}"
         )
         runs = []
-        for confidence in [float(c) for c in args.sweep.split(",") if c.strip()]:
-            for fraction in dict.fromkeys((args.cal_fraction, 0.7)):
-                queries = pair_queries(rows, r.dataset, r.small, r.large)
-                again = replay_pair(
-                    queries,
-                    dataset=r.dataset,
-                    small=r.small,
-                    large=r.large,
-                    cal_fraction=fraction,
-                    confidence=confidence,
-                    **common,
-                )
-                runs.append((confidence, fraction, again))
+        queries = pair_queries(rows, r.dataset, r.small, r.large)
+        for bound, confidence, fraction in [_setting(t) for t in args.sweep.split(",") if t.strip()]:
+            again = replay_pair(
+                queries,
+                dataset=r.dataset,
+                small=r.small,
+                large=r.large,
+                cal_fraction=fraction,
+                confidence=confidence,
+                bound=bound,
+                **common,
+            )
+            runs.append((bound, confidence, fraction, again))
         if runs:
             print(f"\n{r.dataset} {r.small} -> {r.large} by calibration setting:\n")
             print(sweep_table(runs))

@@ -47,11 +47,22 @@ def test_calibrate_prints_the_fit_and_a_policy_snippet(tmp_path):
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "route chat: 800 labelled records" in text
-    assert "escalation" in text and "cost" in text and "at 95%" in text
+    assert "escalation" in text and "cost" in text and "at the 90% upper bound (score bound" in text
     snippet = yaml.safe_load(text.split("policy snippet:\n", 1)[1])
     gate = GateConf(**snippet["routes"]["chat"]["gate"])
     assert 0 < gate.min_score < 1
     assert f"min_score     {gate.min_score!r}" in text
+
+
+def test_calibrate_can_use_the_bootstrap_bound(tmp_path):
+    log = write_log(tmp_path / "shadow.jsonl")
+    args = ("calibrate", "--log", str(log), "--target-loss", "0.02", "--confidence", "0.95")
+    out = escalade(*args, "--bound", "bootstrap", "--bootstrap", "200", "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    assert "at the 95% upper bound (percentile bootstrap, 200 resamples, seed 3)" in out.stdout
+    assert "min_score" in out.stdout
+    bad = escalade(*args, "--bound", "wald")
+    assert bad.returncode == 2 and "--bound" in bad.stderr
 
 
 def test_calibrate_fits_each_route_or_the_one_asked_for(tmp_path):
