@@ -177,7 +177,8 @@ async def load(base: str, concurrency: int, seconds: float, max_tokens: int, ori
                 await one(session, f"{base}/chat/completions", body, run)
 
         began = time.perf_counter()
-        await asyncio.gather(sample_engine(session, origin, run, end), *(worker() for _ in range(concurrency)))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as probe:  # not a worker's slot
+            await asyncio.gather(sample_engine(probe, origin, run, end), *(worker() for _ in range(concurrency)))
         run.seconds = time.perf_counter() - began
     return run
 
