@@ -1,0 +1,314 @@
+"""Light spans for the request path, finished into the installed SDK TracerProvider's span processors.
+
+The SDK's own span objects cost tens of microseconds each (locks, bounded attribute maps validating every
+value as it is set, context objects, a ReadableSpan copy at the end). A request makes three of them or
+more, so here a span is a small object with slots: attributes in a plain dict, `time.time_ns()` stamps,
+ids from `random.getrandbits` (what the SDK's RandomIdGenerator does), and its own context variable for
+the current span instead of the OpenTelemetry context. What the SDK defines stays the SDK's:
+
+- sampling: the provider's sampler decides for every root span (OTEL_TRACES_SAMPLER / _ARG, continuing an
+  incoming `traceparent`); a child of a sampled span under a parent-based sampler whose sampled-local-parent
+  delegate is always-on is sampled without asking (that is that sampler's answer), any other case asks;
+- limits: the provider's SpanLimits (OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, attribute and event counts);
+- export: at `end()` the span becomes an `opentelemetry.sdk.trace.ReadableSpan` handed to the provider's
+  span processors (`on_start` at the start too), so BatchSpanProcessor, SimpleSpanProcessor, the in-memory,
+  console and OTLP exporters all work as with SDK spans.
+
+Unsampled spans are the API's NonRecordingSpan, as the SDK makes them.
+"""
+
+import logging
+import random
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+log = logging.getLogger("escalade.spans")
+
+SCOPE = InstrumentationScope("escalade")
+_UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
+_NOT_SAMPLED_RANDOM = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+_PLAIN = (str, bool, int, float)
+_getrandbits = random.getrandbits
+_time_ns = time.time_ns
+
+_current: ContextVar["Span | NonRecordingSpan | None"] = ContextVar("escalade_current_span", default=None)
+
+
+def current() -> "Span | NonRecordingSpan | None":
+    """The span current in this task (an attempt's while it runs, else the request's), or None."""
+    return _current.get()
+
+
+def enter(span: "Span | NonRecordingSpan") -> Token:
+    return _current.set(span)
+
+
+def leave(token: Token) -> None:
+    try:
+        _current.reset(token)
+    except ValueError:  # made current in another task's context: nothing to undo here
+        log.debug("a span token was left from another context")
+
+
+class Tracing:
+    """What spans need from one installed SDK TracerProvider (built once per provider)."""
+
+    __slots__ = ("child_inherits", "ids", "max_attributes", "max_event_attributes", "max_events", "max_length",
+                 "processor", "provider", "random_ids", "sampler")  # fmt: skip
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        self.processor = provider._active_span_processor  # add_span_processor updates it in place
+        self.sampler = provider.sampler
+        self.ids = provider.id_generator
+        self.random_ids = type(self.ids) is RandomIdGenerator
+        limits = getattr(provider, "_span_limits", None) or SpanLimits()
+        self.max_attributes = limits.max_span_attributes
+        self.max_length = limits.max_attribute_length
+        self.max_events = limits.max_events
+        self.max_event_attributes = limits.max_event_attributes
+        # The parent-based samplers decide a child of a sampled local parent with this delegate: always-on
+        # (the default) means "sampled", so there is nothing to ask.
+        sampler = self.sampler
+        self.child_inherits = isinstance(sampler, ParentBased) and sampler._local_parent_sampled is ALWAYS_ON
+
+    def trace_id(self) -> int:
+        if self.random_ids:
+            while True:
+                value = _getrandbits(128)
+                if value:
+                    return value
+        return int(self.ids.generate_trace_id())
+
+    def span_id(self) -> int:
+        if self.random_ids:
+            while True:
+                value = _getrandbits(64)
+                if value:
+                    return value
+        return int(self.ids.generate_span_id())
+
+    def start(
+        self,
+        name: str,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        parent: SpanContext | None,
+        start_time: int | None = None,
+    ) -> "Span | NonRecordingSpan":
+        """A span under `parent` (None: a root span), sampled as the SDK's tracer would sample it.
+
+        `attributes` becomes the span's own dict (not copied)."""
+        if parent is not None and not parent.is_valid:
+            parent = None
+        if parent is not None and parent.trace_flags.sampled and not parent.is_remote and self.child_inherits:
+            flags = parent.trace_flags
+            state = parent.trace_state
+            recording = True
+        else:
+            if parent is None:
+                trace_id = self.trace_id()
+                random_flag = self.random_ids or self.ids.is_trace_id_random()
+                context = None
+            else:
+                trace_id = parent.trace_id
+                random_flag = parent.trace_flags.random_trace_id
+                context = trace.set_span_in_context(NonRecordingSpan(parent))
+            result = self.sampler.should_sample(context, trace_id, name, kind, attributes or None, None)
+            sampled = result.decision.is_sampled()
+            if random_flag:
+                flags = _SAMPLED_RANDOM if sampled else _NOT_SAMPLED_RANDOM
+            else:
+                flags = _SAMPLED if sampled else _NOT_SAMPLED
+            state = result.trace_state
+            recording = result.decision.is_recording()
+            if recording and result.attributes:
+                attributes.update(result.attributes)
+            if parent is None:
+                span_context = SpanContext(trace_id, self.span_id(), False, flags, state)
+                if not recording:
+                    return NonRecordingSpan(span_context)
+                return Span(self, name, kind, span_context, None, attributes, start_time)
+        span_context = SpanContext(parent.trace_id, self.span_id(), False, flags, state)
+        if not recording:
+            return NonRecordingSpan(span_context)
+        return Span(self, name, kind, span_context, parent, attributes, start_time)
+
+    def finish(self, span: "Span") -> None:
+        """Hand the ended span to the span processors as a ReadableSpan."""
+        attributes: Any = span.attributes
+        if self.max_length is not None or len(attributes) > self.max_attributes or not _plain(attributes):
+            attributes = BoundedAttributes(self.max_attributes, attributes, True, self.max_length)
+        events: Any = span.events
+        readable = ReadableSpan(
+            span.name,
+            span.context,
+            span.parent,
+            self.provider.resource,
+            attributes,
+            events if events is not None else (),
+            (),
+            span.kind,
+            None,
+            span.status,
+            span.start_time,
+            span.end_time,
+            SCOPE,
+        )
+        self.processor.on_end(readable)
+
+
+def _plain(attributes: dict[str, Any]) -> bool:
+    """Every value is a str, bool, int or float, or a list/tuple of them (made tuples here, as the SDK does);
+    else the SDK's own checks must run (they drop what OTLP cannot carry, with a warning)."""
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind is str or kind is int or kind is float or kind is bool:
+            continue
+        if kind is list or kind is tuple:
+            for item in value:
+                if type(item) not in _PLAIN:
+                    return False
+            if kind is list:
+                attributes[key] = tuple(value)
+            continue
+        return False
+    return True
+
+
+class Span:
+    """A recording span: the methods of `opentelemetry.trace.Span` that escalade uses."""
+
+    __slots__ = ("_tracing", "attributes", "context", "end_time", "events", "kind", "name", "parent", "start_time",
+                 "status")  # fmt: skip
+
+    def __init__(
+        self,
+        tracing: Tracing,
+        name: str,
+        kind: SpanKind,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+        start_time: int | None,
+    ) -> None:
+        self._tracing = tracing
+        self.name = name
+        self.kind = kind
+        self.context = context
+        self.parent = parent
+        self.attributes = attributes
+        self.events: list[Event] | None = None
+        self.status = _UNSET
+        self.start_time = start_time or _time_ns()
+        self.end_time: int | None = None
+        tracing.processor.on_start(self, parent_context=None)
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+    def is_recording(self) -> bool:
+        return self.end_time is None
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self.end_time is None:
+            self.attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        if self.end_time is None:
+            self.attributes.update(attributes)
+
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
+        if self.end_time is not None:
+            return
+        tracing = self._tracing
+        if self.events is None:
+            self.events = []
+        if len(self.events) >= tracing.max_events:
+            return
+        bounded = BoundedAttributes(tracing.max_event_attributes, attributes, True, tracing.max_length)
+        self.events.append(Event(name, bounded, timestamp or _time_ns()))
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self.end_time is not None:
+            return
+        if isinstance(status, Status):
+            self.status = status
+        else:
+            self.status = Status(status, description if status is StatusCode.ERROR else None)
+
+    def record_exception(self, exception: BaseException, attributes: Mapping[str, Any] | None = None) -> None:
+        """An `exception` event, as the OpenTelemetry conventions name it (type and message only: no traceback)."""
+        event = {"exception.type": type(exception).__qualname__, "exception.message": str(exception)}
+        if attributes:
+            event.update(attributes)
+        self.add_event("exception", event)
+
+    def update_name(self, name: str) -> None:
+        if self.end_time is None:
+            self.name = name
+
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_time is not None:
+            return
+        self.end_time = end_time or _time_ns()
+        self._tracing.finish(self)
+
+
+def traceparent(context: SpanContext, headers: dict[str, str]) -> None:
+    """W3C `traceparent` (and a non-empty `tracestate`) of `context` into `headers`."""
+    if not context.is_valid:
+        return
+    headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    state = context.trace_state
+    if state:
+        headers["tracestate"] = state.to_header()
+
+
+def _hex(text: str, length: int) -> int:
+    if len(text) != length:
+        raise ValueError(text)
+    for ch in text:
+        if ch not in "0123456789abcdef":
+            raise ValueError(text)
+    return int(text, 16)
+
+
+def remote_parent(traceparent_value: str | None, tracestate_value: str | None) -> SpanContext | None:
+    """The caller's span context from W3C `traceparent` / `tracestate` header values, None when absent or
+    invalid (W3C Trace Context: version 00 has exactly four fields; a later version may add more;
+    version ff, all-zero ids and upper-case hex are invalid)."""
+    if not traceparent_value:
+        return None
+    parts = traceparent_value.strip().split("-")
+    if len(parts) < 4:
+        return None
+    version = parts[0]
+    try:
+        if _hex(version, 2) == 0xFF or (version == "00" and len(parts) != 4):
+            return None
+        trace_id, span_id, flags = _hex(parts[1], 32), _hex(parts[2], 16), _hex(parts[3], 2)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    state = TraceState.from_header([tracestate_value]) if tracestate_value else None
+    return SpanContext(trace_id, span_id, True, TraceFlags(flags), state)
+
+
+NO_SPAN = INVALID_SPAN
+"""For callers that want a span to call methods on when none is current: every method a no-op."""
