@@ -10,9 +10,9 @@ the current span instead of the OpenTelemetry context. What the SDK defines stay
   incoming `traceparent`); a child of a sampled span under a parent-based sampler whose sampled-local-parent
   delegate is always-on is sampled without asking (that is that sampler's answer), any other case asks;
 - limits: the provider's SpanLimits (OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, attribute and event counts);
-- export: at `end()` the span becomes an `opentelemetry.sdk.trace.ReadableSpan` handed to the provider's
-  span processors (`on_start` at the start too), so BatchSpanProcessor, SimpleSpanProcessor, the in-memory,
-  console and OTLP exporters all work as with SDK spans.
+- export: the span is an `opentelemetry.sdk.trace.ReadableSpan`, handed to the provider's span processors
+  (`on_start` when it starts, `on_end` when it ends), so BatchSpanProcessor, SimpleSpanProcessor, the
+  in-memory, console and OTLP exporters all work as with SDK spans.
 
 Unsampled spans are the API's NonRecordingSpan, as the SDK makes them.
 """
@@ -29,6 +29,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
@@ -148,29 +149,6 @@ class Tracing:
             return NonRecordingSpan(span_context)
         return Span(self, name, kind, span_context, parent, attributes, start_time)
 
-    def finish(self, span: "Span") -> None:
-        """Hand the ended span to the span processors as a ReadableSpan."""
-        attributes: Any = span.attributes
-        if self.max_length is not None or len(attributes) > self.max_attributes or not _plain(attributes):
-            attributes = BoundedAttributes(self.max_attributes, attributes, True, self.max_length)
-        events: Any = span.events
-        readable = ReadableSpan(
-            span.name,
-            span.context,
-            span.parent,
-            self.provider.resource,
-            attributes,
-            events if events is not None else (),
-            (),
-            span.kind,
-            None,
-            span.status,
-            span.start_time,
-            span.end_time,
-            SCOPE,
-        )
-        self.processor.on_end(readable)
-
 
 def _plain(attributes: dict[str, Any]) -> bool:
     """Every value is a str, bool, int or float, or a list/tuple of them (made tuples here, as the SDK does);
@@ -190,11 +168,12 @@ def _plain(attributes: dict[str, Any]) -> bool:
     return True
 
 
-class Span:
-    """A recording span: the methods of `opentelemetry.trace.Span` that escalade uses."""
+class Span(ReadableSpan):
+    """A recording span: the methods of `opentelemetry.trace.Span` that escalade uses, on an SDK ReadableSpan.
 
-    __slots__ = ("_tracing", "attributes", "context", "end_time", "events", "kind", "name", "parent", "start_time",
-                 "status")  # fmt: skip
+    It fills ReadableSpan's fields itself (ReadableSpan.__init__ would build an empty Resource first) and
+    is handed to the span processors as it is when it ends: no copy, and nothing changes it after that.
+    """
 
     def __init__(
         self,
@@ -207,49 +186,48 @@ class Span:
         start_time: int | None,
     ) -> None:
         self._tracing = tracing
-        self.name = name
-        self.kind = kind
-        self.context = context
-        self.parent = parent
-        self.attributes = attributes
-        self.events: list[Event] | None = None
-        self.status = _UNSET
-        self.start_time = start_time or _time_ns()
-        self.end_time: int | None = None
+        self._name = name
+        self._kind = kind
+        self._context = context
+        self._parent = parent
+        self._attributes: Any = attributes
+        self._events: Any = ()
+        self._links = ()
+        self._resource = tracing.provider.resource
+        self._status = _UNSET
+        self._start_time = start_time or _time_ns()
+        self._end_time: int | None = None
+        self._instrumentation_scope = SCOPE
+        self._instrumentation_info = None
         tracing.processor.on_start(self, parent_context=None)
 
-    def get_span_context(self) -> SpanContext:
-        return self.context
-
     def is_recording(self) -> bool:
-        return self.end_time is None
+        return self._end_time is None
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if self.end_time is None:
-            self.attributes[key] = value
+        if self._end_time is None:
+            self._attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        if self.end_time is None:
-            self.attributes.update(attributes)
+        if self._end_time is None:
+            self._attributes.update(attributes)
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
-        if self.end_time is not None:
+        if self._end_time is not None:
             return
         tracing = self._tracing
-        if self.events is None:
-            self.events = []
-        if len(self.events) >= tracing.max_events:
-            return
+        if not self._events:
+            self._events = BoundedList(tracing.max_events)
         bounded = BoundedAttributes(tracing.max_event_attributes, attributes, True, tracing.max_length)
-        self.events.append(Event(name, bounded, timestamp or _time_ns()))
+        self._events.append(Event(name, bounded, timestamp or _time_ns()))
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        if self.end_time is not None:
+        if self._end_time is not None:
             return
         if isinstance(status, Status):
-            self.status = status
+            self._status = status
         else:
-            self.status = Status(status, description if status is StatusCode.ERROR else None)
+            self._status = Status(status, description if status is StatusCode.ERROR else None)
 
     def record_exception(self, exception: BaseException, attributes: Mapping[str, Any] | None = None) -> None:
         """An `exception` event, as the OpenTelemetry conventions name it (type and message only: no traceback)."""
@@ -259,14 +237,19 @@ class Span:
         self.add_event("exception", event)
 
     def update_name(self, name: str) -> None:
-        if self.end_time is None:
-            self.name = name
+        if self._end_time is None:
+            self._name = name
 
     def end(self, end_time: int | None = None) -> None:
-        if self.end_time is not None:
+        """Apply the span limits and hand the span to the processors; it changes no more after this."""
+        if self._end_time is not None:
             return
-        self.end_time = end_time or _time_ns()
-        self._tracing.finish(self)
+        self._end_time = end_time or _time_ns()
+        tracing = self._tracing
+        attributes = self._attributes
+        if tracing.max_length is not None or len(attributes) > tracing.max_attributes or not _plain(attributes):
+            self._attributes = BoundedAttributes(tracing.max_attributes, attributes, True, tracing.max_length)
+        tracing.processor.on_end(self)
 
 
 def traceparent(context: SpanContext, headers: dict[str, str]) -> None:

@@ -93,8 +93,9 @@ def setup_tracing() -> bool:
     if _configured or not tracing_requested():
         return _configured
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+
+    from gateway.span_batch import SpanBatcher
 
     exporter: SpanExporter
     if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console":
@@ -107,9 +108,7 @@ def setup_tracing() -> bool:
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     # A busy gateway makes thousands of spans a second: the SDK's default queue (2048) drops spans in bursts
     # and its batches of 512 pay the HTTP request's overhead four times as often. OTEL_BSP_* still win.
-    queue = None if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else 16384
-    batch = None if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else 2048
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=batch))
+    provider.add_span_processor(SpanBatcher.from_env(exporter, max_queue_size=16384, max_export_batch_size=2048))
     trace.set_tracer_provider(provider)
     _configured = True
     return True
