@@ -26,9 +26,17 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -65,11 +73,39 @@ def leave(token: Token) -> None:
         log.debug("a span token was left from another context")
 
 
+_PARENT_BASED = (ParentBased, ParentBasedTraceIdRatio)  # exactly these: a subclass may decide otherwise
+
+
+def fast_decision(sampler: Sampler, parent: SpanContext | None, trace_id: int) -> bool | None:
+    """Whether the SDK's built-in samplers (always_on/off, traceidratio and their parent-based forms with the
+    default delegates) sample a span, worked out as they do it, without building the Context and
+    SamplingResult they need; None for any other sampler (it is then asked)."""
+    while type(sampler) in _PARENT_BASED:
+        if parent is None:
+            sampler = sampler._root
+        elif parent.is_remote:
+            sampler = (
+                sampler._remote_parent_sampled if parent.trace_flags.sampled else sampler._remote_parent_not_sampled
+            )
+        else:
+            sampler = sampler._local_parent_sampled if parent.trace_flags.sampled else sampler._local_parent_not_sampled
+    if sampler is ALWAYS_ON:
+        return True
+    if sampler is ALWAYS_OFF:
+        return False
+    if type(sampler) is TraceIdRatioBased:
+        return trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < sampler.bound
+    return None
+
+
+_NOOP_STARTS = frozenset({SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start})
+
+
 class Tracing:
     """What spans need from one installed SDK TracerProvider (built once per provider)."""
 
-    __slots__ = ("child_inherits", "ids", "max_attributes", "max_event_attributes", "max_events", "max_length",
-                 "processor", "provider", "random_ids", "sampler")  # fmt: skip
+    __slots__ = ("_seen", "ends", "ids", "max_attributes", "max_event_attributes", "max_events", "max_length",
+                 "processor", "provider", "random_ids", "sampler", "starts")  # fmt: skip
 
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
@@ -82,10 +118,23 @@ class Tracing:
         self.max_length = limits.max_attribute_length
         self.max_events = limits.max_events
         self.max_event_attributes = limits.max_event_attributes
-        # The parent-based samplers decide a child of a sampled local parent with this delegate: always-on
-        # (the default) means "sampled", so there is nothing to ask.
-        sampler = self.sampler
-        self.child_inherits = isinstance(sampler, ParentBased) and sampler._local_parent_sampled is ALWAYS_ON
+        self._seen: object = None
+        self.starts: tuple[Any, ...] = ()
+        self.ends: tuple[Any, ...] = ()
+        self.processors()
+
+    def processors(self) -> None:
+        """The processors' `on_start` (those that do something) and `on_end` methods, looked up again when
+        a processor was added (the provider's multi-processor replaces its tuple)."""
+        current = getattr(self.processor, "_span_processors", None)
+        if current is self._seen:
+            return
+        self._seen = current
+        if current is None:  # not the SDK's multi-processor: go through it
+            self.starts, self.ends = (self.processor.on_start,), (self.processor.on_end,)
+            return
+        self.starts = tuple(p.on_start for p in current if getattr(type(p), "on_start", None) not in _NOOP_STARTS)
+        self.ends = tuple(p.on_end for p in current)
 
     def trace_id(self) -> int:
         if self.random_ids:
@@ -116,37 +165,33 @@ class Tracing:
         `attributes` becomes the span's own dict (not copied)."""
         if parent is not None and not parent.is_valid:
             parent = None
-        if parent is not None and parent.trace_flags.sampled and not parent.is_remote and self.child_inherits:
-            flags = parent.trace_flags
-            state = parent.trace_state
-            recording = True
+        if parent is None:
+            trace_id = self.trace_id()
+            random_flag = self.random_ids or self.ids.is_trace_id_random()
+            state = None
         else:
-            if parent is None:
-                trace_id = self.trace_id()
-                random_flag = self.random_ids or self.ids.is_trace_id_random()
-                context = None
-            else:
-                trace_id = parent.trace_id
-                random_flag = parent.trace_flags.random_trace_id
-                context = trace.set_span_in_context(NonRecordingSpan(parent))
+            trace_id = parent.trace_id
+            random_flag = parent.trace_flags.random_trace_id
+            state = parent.trace_state
+        sampled = fast_decision(self.sampler, parent, trace_id)
+        if sampled is None:
+            context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
             result = self.sampler.should_sample(context, trace_id, name, kind, attributes or None, None)
             sampled = result.decision.is_sampled()
-            if random_flag:
-                flags = _SAMPLED_RANDOM if sampled else _NOT_SAMPLED_RANDOM
-            else:
-                flags = _SAMPLED if sampled else _NOT_SAMPLED
-            state = result.trace_state
             recording = result.decision.is_recording()
+            state = result.trace_state
             if recording and result.attributes:
                 attributes.update(result.attributes)
-            if parent is None:
-                span_context = SpanContext(trace_id, self.span_id(), False, flags, state)
-                if not recording:
-                    return NonRecordingSpan(span_context)
-                return Span(self, name, kind, span_context, None, attributes, start_time)
-        span_context = SpanContext(parent.trace_id, self.span_id(), False, flags, state)
+        else:
+            recording = sampled
+        if random_flag:
+            flags = _SAMPLED_RANDOM if sampled else _NOT_SAMPLED_RANDOM
+        else:
+            flags = _SAMPLED if sampled else _NOT_SAMPLED
+        span_context = SpanContext(trace_id, self.span_id(), False, flags, state)
         if not recording:
             return NonRecordingSpan(span_context)
+        self.processors()
         return Span(self, name, kind, span_context, parent, attributes, start_time)
 
 
@@ -199,7 +244,8 @@ class Span(ReadableSpan):
         self._end_time: int | None = None
         self._instrumentation_scope = SCOPE
         self._instrumentation_info = None
-        tracing.processor.on_start(self, parent_context=None)
+        for on_start in tracing.starts:
+            on_start(self, parent_context=None)
 
     def is_recording(self) -> bool:
         return self._end_time is None
@@ -249,7 +295,8 @@ class Span(ReadableSpan):
         attributes = self._attributes
         if tracing.max_length is not None or len(attributes) > tracing.max_attributes or not _plain(attributes):
             self._attributes = BoundedAttributes(tracing.max_attributes, attributes, True, tracing.max_length)
-        tracing.processor.on_end(self)
+        for on_end in tracing.ends:
+            on_end(self)
 
 
 def traceparent(context: SpanContext, headers: dict[str, str]) -> None:
