@@ -9,9 +9,11 @@ endpoint, headers, timeout, compression and TLS settings stay the SDK exporter's
 Tests decode what this encoder writes with opentelemetry-proto and compare it with the SDK encoder's.
 """
 
+import collections
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -121,10 +123,13 @@ class SpanEncoder:
     """
 
     def __init__(self, cache_size: int = 4096) -> None:
-        self._texts: dict[tuple[int, str, str], bytes] = {}
-        """(field, key, text value) -> the whole framed KeyValue."""
+        # field -> key -> value -> the whole framed KeyValue; texts (and tuples of texts) apart from ints, as
+        # a flag or a float equal to an int (True == 1 == 1.0) must not find the int's bytes
+        self._texts: collections.defaultdict[int, dict[str, dict[Any, bytes]]] = collections.defaultdict(dict)
+        self._ints: collections.defaultdict[int, dict[str, dict[int, bytes]]] = collections.defaultdict(dict)
+        self._cached = 0
         self._flags: dict[tuple[int, str, bool], bytes] = {}
-        self._ints: dict[tuple[int, str, int], bytes] = {}
+        self._heads: dict[tuple[tuple[str, Any], ...], bytes] = {}
         self._keys: dict[str, bytes] = {}
         """key -> KeyValue.key (field 1) with its tag and length."""
         self._names: dict[str, bytes] = {}
@@ -144,29 +149,51 @@ class SpanEncoder:
         """Repeated KeyValue `field`."""
         if not attributes:
             return b""
-        texts = self._texts
-        ints = self._ints
+        return self._pairs(field, attributes.items())
+
+    def _span_attributes(self, attributes: dict[str, Any], head: int) -> bytes:
+        """Span.attributes (9). The first `head` pairs are those the span started with (gateway/spans.py
+        records how many): for an attempt they are the same for every request to a deployment, so their
+        bytes are cached as one block, found with one lookup. (Values compare by equality, so 1 and True
+        would share an entry: an attribute keeps one type, as the semantic conventions define it.)"""
+        if head < 2 or len(attributes) < head:
+            return self._pairs(9, attributes.items())
+        first = tuple(islice(attributes.items(), head))
+        try:
+            block = self._heads.get(first)
+        except TypeError:  # an unhashable value
+            return self._pairs(9, attributes.items())
+        if block is None:
+            block = self._pairs(9, first)
+            if len(block) <= 2048:  # not a head that carries a conversation (record_content)
+                if len(self._heads) >= self._cache_size:
+                    self._heads.clear()
+                self._heads[first] = block
+        if len(attributes) == head:
+            return block
+        return block + self._pairs(9, islice(attributes.items(), head, None))
+
+    def _pairs(self, field: int, items: Iterable[tuple[str, Any]]) -> bytes:
+        texts = self._texts[field]
+        ints = self._ints[field]
         tag = _key(field, 2)
         out = []
         append = out.append
-        for key, value in attributes.items():
+        for key, value in items:
             kind = type(value)
             if kind is str or kind is tuple:  # a list of texts (candidates, finish reasons) comes as a tuple
-                chunk = texts.get((field, key, value))
+                values = texts.get(key)
+                chunk = values.get(value) if values is not None else None
                 if chunk is None:
                     chunk = self._text(field, tag, key, value)
                 if chunk:
                     append(chunk)
                 continue
             if kind is int:  # status codes, ports, attempts, token counts: they repeat too
-                chunk = ints.get((field, key, value))
+                values = ints.get(key)
+                chunk = values.get(value) if values is not None else None
                 if chunk is None:
-                    number = _varint(value)
-                    body = b"\x12" + _SMALL[len(number) + 1] + b"\x18" + number  # KeyValue.value: AnyValue.int_value
-                    chunk = _framed(tag, self._key_bytes(key) + body)
-                    if len(ints) >= self._cache_size:
-                        ints.clear()
-                    ints[(field, key, value)] = chunk  # only ints here: a flag or float never hits an int's entry
+                    chunk = self._int(field, tag, key, value)
                 append(chunk)
                 continue
             if kind is float:
@@ -191,10 +218,26 @@ class SpanEncoder:
         else:
             cacheable = len(value) <= 16 and all(type(v) is str and len(v) <= 256 for v in value)
         if cacheable and chunk:
-            if len(self._texts) >= self._cache_size:
-                self._texts.clear()
-            self._texts[(field, key, value)] = chunk
+            self._remember(self._texts[field], key, value, chunk)
         return chunk
+
+    def _int(self, field: int, tag: bytes, key: str, value: int) -> bytes:
+        number = _varint(value)
+        body = b"\x12" + _SMALL[len(number) + 1] + b"\x18" + number  # KeyValue.value: AnyValue.int_value
+        chunk = _framed(tag, self._key_bytes(key) + body)
+        self._remember(self._ints[field], key, value, chunk)
+        return chunk
+
+    def _remember(self, cache: dict[str, dict[Any, bytes]], key: str, value: Any, chunk: bytes) -> None:
+        if self._cached >= self._cache_size:  # token counts, costs...: start over rather than grow
+            self._texts.clear()
+            self._ints.clear()
+            self._cached = 0
+        values = cache.get(key)
+        if values is None:
+            values = cache[key] = {}
+        values[value] = chunk
+        self._cached += 1
 
     def _other(self, field: int, tag: bytes, key: str, value: Any) -> bytes:
         """A framed KeyValue whose value is a flag (cached), a list, bytes or a map; b"" when not encodable."""
@@ -228,10 +271,14 @@ class SpanEncoder:
             name,
             _KINDS[id(span._kind)],  # 6: kind (by identity: an enum member hashes in Python)
             _TIMES.pack(0x39, span._start_time or 0, 0x41, span._end_time or 0),  # 7, 8: start, end
-            self.attributes(9, _own_attributes(span)),
         ]
-        if span.dropped_attributes:
-            parts.append(_key(10, 0) + _varint(span.dropped_attributes))
+        attributes = span._attributes
+        if type(attributes) is dict:  # gateway/spans.py's: within the limits, nothing dropped
+            parts.append(self._span_attributes(attributes, span._head))  # type: ignore[attr-defined]
+        else:
+            parts.append(self.attributes(9, _own_attributes(span)))
+            if span.dropped_attributes:
+                parts.append(_key(10, 0) + _varint(span.dropped_attributes))
         if span._events or span._links:
             self._events_and_links(span, parts)
         status = span._status
@@ -300,15 +347,18 @@ class SpanEncoder:
         """The ExportTraceServiceRequest for `spans`, grouped by resource, then instrumentation scope."""
         groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}  # by identity: Resource hashes slowly
         encode = self.span
+        last_resource = last_scope = encoded = None
         for span in spans:
             resource, scope = span._resource, span._instrumentation_scope
-            scopes = groups.get(id(resource))
-            if scopes is None:
-                scopes = groups[id(resource)] = (resource, {})
-            entry = scopes[1].get(id(scope))
-            if entry is None:
-                entry = scopes[1][id(scope)] = (scope, [])
-            entry[1].append(encode(span))
+            if resource is not last_resource or scope is not last_scope or encoded is None:
+                scopes = groups.get(id(resource))
+                if scopes is None:
+                    scopes = groups[id(resource)] = (resource, {})
+                entry = scopes[1].get(id(scope))
+                if entry is None:
+                    entry = scopes[1][id(scope)] = (scope, [])
+                last_resource, last_scope, encoded = resource, scope, entry[1]
+            encoded.append(encode(span))
         out = []
         for resource, scopes_of in groups.values():
             body = self._block(resource, self._resource)

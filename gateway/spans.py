@@ -220,6 +220,11 @@ class Span(ReadableSpan):
     is handed to the span processors as it is when it ends: no copy, and nothing changes it after that.
     """
 
+    # ReadableSpan has no slots, but with every field in a slot here no per-span __dict__ is ever made
+    __slots__ = ("_attributes", "_context", "_end_time", "_events", "_head", "_instrumentation_info",
+                 "_instrumentation_scope", "_kind", "_links", "_name", "_parent", "_resource", "_start_time",
+                 "_status", "_tracing")  # fmt: skip
+
     def __init__(
         self,
         tracing: Tracing,
@@ -236,6 +241,8 @@ class Span(ReadableSpan):
         self._context = context
         self._parent = parent
         self._attributes: Any = attributes
+        self._head = len(attributes)
+        """How many attributes it started with: gateway/otlp.py encodes those as one cached block."""
         self._events: Any = ()
         self._links = ()
         self._resource = tracing.provider.resource
