@@ -129,7 +129,7 @@ class SpanEncoder:
         self._ints: collections.defaultdict[int, dict[str, dict[int, bytes]]] = collections.defaultdict(dict)
         self._cached = 0
         self._flags: dict[tuple[int, str, bool], bytes] = {}
-        self._heads: dict[tuple[tuple[str, Any], ...], bytes] = {}
+        self._heads: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
         self._keys: dict[str, bytes] = {}
         """key -> KeyValue.key (field 1) with its tag and length."""
         self._names: dict[str, bytes] = {}
@@ -158,13 +158,13 @@ class SpanEncoder:
         would share an entry: an attribute keeps one type, as the semantic conventions define it.)"""
         if head < 2 or len(attributes) < head:
             return self._pairs(9, attributes.items())
-        first = tuple(islice(attributes.items(), head))
+        first = (tuple(islice(attributes, head)), tuple(islice(attributes.values(), head)))  # 3 objects, not head + 1
         try:
             block = self._heads.get(first)
         except TypeError:  # an unhashable value
             return self._pairs(9, attributes.items())
         if block is None:
-            block = self._pairs(9, first)
+            block = self._pairs(9, zip(*first, strict=True))
             if len(block) <= 2048:  # not a head that carries a conversation (record_content)
                 if len(self._heads) >= self._cache_size:
                     self._heads.clear()
