@@ -96,7 +96,7 @@ class SpanBatcher(SpanProcessor):
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._stopped or not span.context.trace_flags.sampled:
+        if self._stopped or not span.context.trace_flags & 1:  # TraceFlags.SAMPLED
             return
         queue = self._queue
         if len(queue) >= self.max_queue_size:

@@ -74,6 +74,14 @@ def leave(token: Token) -> None:
 
 
 _PARENT_BASED = (ParentBased, ParentBasedTraceIdRatio)  # exactly these: a subclass may decide otherwise
+_LOCAL_SAMPLED = SpanContext(1, 1, False, _SAMPLED)
+
+
+def _static_for_children(sampler: Sampler) -> bool:
+    """The decision for a sampled local parent's child does not depend on the trace id (no ratio in it)."""
+    while type(sampler) in _PARENT_BASED:
+        sampler = sampler._local_parent_sampled
+    return sampler is ALWAYS_ON or sampler is ALWAYS_OFF
 
 
 def fast_decision(sampler: Sampler, parent: SpanContext | None, trace_id: int) -> bool | None:
@@ -104,8 +112,8 @@ _NOOP_STARTS = frozenset({SpanProcessor.on_start, BatchSpanProcessor.on_start, S
 class Tracing:
     """What spans need from one installed SDK TracerProvider (built once per provider)."""
 
-    __slots__ = ("_seen", "ends", "ids", "max_attributes", "max_event_attributes", "max_events", "max_length",
-                 "processor", "provider", "random_ids", "sampler", "starts")  # fmt: skip
+    __slots__ = ("_seen", "ends", "ids", "local_sampled_child", "max_attributes", "max_event_attributes",
+                 "max_events", "max_length", "processor", "provider", "random_ids", "sampler", "starts")  # fmt: skip
 
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
@@ -118,6 +126,10 @@ class Tracing:
         self.max_length = limits.max_attribute_length
         self.max_events = limits.max_events
         self.max_event_attributes = limits.max_event_attributes
+        # what the sampler says for a child of a sampled local parent, when that needs no asking
+        self.local_sampled_child = fast_decision(self.sampler, _LOCAL_SAMPLED, 0) is True and _static_for_children(
+            self.sampler
+        )
         self._seen: object = None
         self.starts: tuple[Any, ...] = ()
         self.ends: tuple[Any, ...] = ()
@@ -163,8 +175,16 @@ class Tracing:
         """A span under `parent` (None: a root span), sampled as the SDK's tracer would sample it.
 
         `attributes` becomes the span's own dict (not copied)."""
-        if parent is not None and not parent.is_valid:
-            parent = None
+        if parent is not None:
+            trace_id, _, remote, parent_flags, state, valid = parent  # SpanContext is a tuple: one unpack
+            if valid and not remote and parent_flags & 1 and self.local_sampled_child:
+                # the common case, a child of this process's sampled span: sampled, flags and state inherited
+                # (a local parent's flags are ours: sampled, maybe random-trace-id, nothing else)
+                span_context = SpanContext(trace_id, self.span_id(), False, parent_flags, state)
+                self.processors()
+                return Span(self, name, kind, span_context, parent, attributes, start_time)
+            if not valid:
+                parent = None
         if parent is None:
             trace_id = self.trace_id()
             random_flag = self.random_ids or self.ids.is_trace_id_random()

@@ -171,13 +171,13 @@ def routing_span(
     deployment was skipped."""
     attributes: dict[str, Any] = {
         "escalade.route": route,
-        "escalade.candidates": list(candidates),
+        "escalade.candidates": tuple(candidates),
         "escalade.policy.version": version,
     }
     if strategy:
         attributes["escalade.strategy"] = strategy
     if skipped:
-        attributes["escalade.skipped"] = [f"{name}: {why}" for name, why in skipped]
+        attributes["escalade.skipped"] = tuple(f"{name}: {why}" for name, why in skipped)
     span = _spans().start(f"route {route}", _INTERNAL, attributes, _parent(), start_ns)
     if error is not None:
         span.set_attribute("error.type", getattr(error, "kind", type(error).__name__))
