@@ -254,24 +254,22 @@ class SpanEncoder:
 
     def span(self, span: ReadableSpan) -> bytes:
         """One Span message, framed as ScopeSpans.spans (field 2)."""
-        ctx = span._context  # the SDK's fields, read directly: each public property costs a call
+        # the SDK's fields, read directly (each public property costs a call); a SpanContext is a tuple
+        trace_id, span_id, _, _, state, _ = span._context
         parent = span._parent
-        head = b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big") + b"\x12\x08" + ctx.span_id.to_bytes(8, "big")  # 1, 2
-        if ctx.trace_state:
-            head += _str_field(3, ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()))
+        parts = [b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")]  # 1, 2
+        if state:
+            parts.append(_str_field(3, ",".join(f"{k}={v}" for k, v in state.items())))
         if parent is not None:
-            head += b"\x22\x08" + parent.span_id.to_bytes(8, "big")  # 4: parent_span_id
+            parts.append(b"\x22\x08" + parent[1].to_bytes(8, "big"))  # 4: parent_span_id
         name = self._names.get(span._name)
         if name is None:
             name = _str_field(5, span._name)
             if len(self._names) < self._cache_size:
                 self._names[span._name] = name
-        parts = [
-            head,
-            name,
-            _KINDS[id(span._kind)],  # 6: kind (by identity: an enum member hashes in Python)
-            _TIMES.pack(0x39, span._start_time or 0, 0x41, span._end_time or 0),  # 7, 8: start, end
-        ]
+        parts.append(name)
+        parts.append(_KINDS[id(span._kind)])  # 6: kind (by identity: an enum member hashes in Python)
+        parts.append(_TIMES.pack(0x39, span._start_time or 0, 0x41, span._end_time or 0))  # 7, 8: start, end
         attributes = span._attributes
         if type(attributes) is dict:  # gateway/spans.py's: within the limits, nothing dropped
             parts.append(self._span_attributes(attributes, span._head))  # type: ignore[attr-defined]
@@ -283,12 +281,18 @@ class SpanEncoder:
             self._events_and_links(span, parts)
         status = span._status
         if status is not None:
-            if status.description:
-                parts.append(_bytes_field(15, _str_field(2, status.description) + _STATUS_CODES[status.status_code]))
-            else:
-                parts.append(_STATUS_BY_ID[id(status.status_code)])
-        parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)  # 16: flags
+            parts.append(self._status(status))
+        parts.append(_FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL)  # 16: flags, is_remote
         return _framed(b"\x12", b"".join(parts))
+
+    def _status(self, status: Any) -> bytes:
+        """Span.status (15); the same Status object (gateway/spans.py shares the unset one) encodes once."""
+        entry = self._blocks.get(id(status))
+        if entry is not None and entry[0] is status:
+            return entry[1]
+        if status.description:
+            return _bytes_field(15, _str_field(2, status.description) + _STATUS_CODES[status.status_code])
+        return self._block(status, lambda s: _STATUS_BY_ID[id(s.status_code)])
 
     def _events_and_links(self, span: ReadableSpan, parts: list[bytes]) -> None:
         events = span._events
