@@ -69,8 +69,8 @@ def enter(span: "Span | NonRecordingSpan") -> Token:
 def leave(token: Token) -> None:
     try:
         _current.reset(token)
-    except ValueError:  # made current in another task's context: nothing to undo here
-        log.debug("a span token was left from another context")
+    except (ValueError, RuntimeError):  # made in another context, or used already: nothing to undo here
+        log.debug("a span token was left twice or from another context")
 
 
 _PARENT_BASED = (ParentBased, ParentBasedTraceIdRatio)  # exactly these: a subclass may decide otherwise
