@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -91,9 +90,6 @@ class SpanBatcher(SpanProcessor):
         self._export_lock = threading.Lock()
         if not self._stopped:
             self._thread = self._start_thread()
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        return None
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._stopped or not span.context.trace_flags & 1:  # TraceFlags.SAMPLED

@@ -6,9 +6,10 @@ more, so here a span is a small object with slots: attributes in a plain dict, `
 ids from `random.getrandbits` (what the SDK's RandomIdGenerator does), and its own context variable for
 the current span instead of the OpenTelemetry context. What the SDK defines stays the SDK's:
 
-- sampling: the provider's sampler decides for every root span (OTEL_TRACES_SAMPLER / _ARG, continuing an
-  incoming `traceparent`); a child of a sampled span under a parent-based sampler whose sampled-local-parent
-  delegate is always-on is sampled without asking (that is that sampler's answer), any other case asks;
+- sampling: the provider's sampler (OTEL_TRACES_SAMPLER / _ARG, continuing an incoming `traceparent`).
+  The SDK's built-in samplers (always_on/off, traceidratio, their parent-based forms) are not called:
+  `fast_decision` applies their rules (tested against them), as calling one costs a Context and a
+  SamplingResult per span; any other sampler is asked for every span;
 - limits: the provider's SpanLimits (OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, attribute and event counts);
 - export: the span is an `opentelemetry.sdk.trace.ReadableSpan`, handed to the provider's span processors
   (`on_start` when it starts, `on_end` when it ends), so BatchSpanProcessor, SimpleSpanProcessor, the
