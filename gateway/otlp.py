@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 log = logging.getLogger("escalade.otlp")
 
 _DOUBLE = struct.Struct("<d")
+_ZERO8 = bytes(8)
 _FIXED64 = struct.Struct("<Q")
 _FIXED32 = struct.Struct("<I")
 _TIMES = struct.Struct("<BQBQ")
@@ -127,6 +128,7 @@ class SpanEncoder:
         # a flag or a float equal to an int (True == 1 == 1.0) must not find the int's bytes
         self._texts: collections.defaultdict[int, dict[str, dict[Any, bytes]]] = collections.defaultdict(dict)
         self._ints: collections.defaultdict[int, dict[str, dict[int, bytes]]] = collections.defaultdict(dict)
+        self._floats: collections.defaultdict[int, dict[str, bytes]] = collections.defaultdict(dict)
         self._cached = 0
         self._flags: dict[tuple[int, str, bool], bytes] = {}
         self._heads: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
@@ -176,6 +178,7 @@ class SpanEncoder:
     def _pairs(self, field: int, items: Iterable[tuple[str, Any]]) -> bytes:
         texts = self._texts[field]
         ints = self._ints[field]
+        floats = self._floats[field]
         tag = _key(field, 2)
         out = []
         append = out.append
@@ -196,17 +199,15 @@ class SpanEncoder:
                     chunk = self._int(field, tag, key, value)
                 append(chunk)
                 continue
-            if kind is float:
-                body = b"\x12\x09\x21" + _DOUBLE.pack(value)  # AnyValue.double_value
-            else:
-                chunk = self._other(field, tag, key, value)
-                if chunk:
-                    append(chunk)
+            if kind is float:  # costs, times: all but the last 8 bytes depend on the key only
+                prefix = floats.get(key)
+                if prefix is None:
+                    prefix = floats[key] = _framed(tag, self._key_bytes(key) + b"\x12\x09\x21" + _ZERO8)[:-8]
+                append(prefix + _DOUBLE.pack(value))  # ...\x21: AnyValue.double_value, fixed64
                 continue
-            name = self._keys.get(key)
-            if name is None:
-                name = self._key_bytes(key)
-            append(_framed(tag, name + body))
+            chunk = self._other(field, tag, key, value)
+            if chunk:
+                append(chunk)
         return b"".join(out)
 
     def _text(self, field: int, tag: bytes, key: str, value: str | tuple[Any, ...]) -> bytes:

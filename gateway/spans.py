@@ -107,6 +107,15 @@ def fast_decision(sampler: Sampler, parent: SpanContext | None, trace_id: int) -
     return None
 
 
+_DEFAULT_STATE = SpanContext(1, 1, False).trace_state
+
+
+def _context(trace_id: int, span_id: int, flags: TraceFlags, state: TraceState | None) -> SpanContext:
+    """A local SpanContext with ids made here (valid by construction): the tuple SpanContext is, without the
+    range checks of its constructor. The unit tests check the tuple's layout against the properties."""
+    return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state or _DEFAULT_STATE, True))
+
+
 _NOOP_STARTS = frozenset({SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start})
 
 
@@ -139,13 +148,10 @@ class Tracing:
     def processors(self) -> None:
         """The processors' `on_start` (those that do something) and `on_end` methods, looked up again when
         a processor was added (the provider's multi-processor replaces its tuple)."""
-        current = getattr(self.processor, "_span_processors", None)
+        current = self.processor._span_processors
         if current is self._seen:
             return
         self._seen = current
-        if current is None:  # not the SDK's multi-processor: go through it
-            self.starts, self.ends = (self.processor.on_start,), (self.processor.on_end,)
-            return
         self.starts = tuple(p.on_start for p in current if getattr(type(p), "on_start", None) not in _NOOP_STARTS)
         self.ends = tuple(p.on_end for p in current)
 
@@ -181,8 +187,9 @@ class Tracing:
             if valid and not remote and parent_flags & 1 and self.local_sampled_child:
                 # the common case, a child of this process's sampled span: sampled, flags and state inherited
                 # (a local parent's flags are ours: sampled, maybe random-trace-id, nothing else)
-                span_context = SpanContext(trace_id, self.span_id(), False, parent_flags, state)
-                self.processors()
+                span_context = _context(trace_id, self.span_id(), parent_flags, state)
+                if self.processor._span_processors is not self._seen:
+                    self.processors()
                 return Span(self, name, kind, span_context, parent, attributes, start_time)
             if not valid:
                 parent = None
@@ -209,10 +216,11 @@ class Tracing:
             flags = _SAMPLED_RANDOM if sampled else _NOT_SAMPLED_RANDOM
         else:
             flags = _SAMPLED if sampled else _NOT_SAMPLED
-        span_context = SpanContext(trace_id, self.span_id(), False, flags, state)
+        span_context = _context(trace_id, self.span_id(), flags, state)
         if not recording:
             return NonRecordingSpan(span_context)
-        self.processors()
+        if self.processor._span_processors is not self._seen:
+            self.processors()
         return Span(self, name, kind, span_context, parent, attributes, start_time)
 
 

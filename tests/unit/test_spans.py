@@ -295,3 +295,13 @@ def test_the_batcher_reads_the_otel_bsp_variables():
         assert (batcher.max_queue_size, batcher.delay_s, batcher.batch_size) == (100, 0.25, 100)
     finally:
         batcher.shutdown()
+
+
+def test_span_contexts_made_here_equal_the_sdk_constructor_ones():
+    """spans._context builds the SpanContext tuple directly, and gateway/otlp.py unpacks it: the layout is
+    (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid)."""
+    ours = spans._context(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, TraceFlags(1), None)
+    sdk = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, False, TraceFlags(1))
+    assert ours == sdk and isinstance(ours, SpanContext)
+    assert tuple(sdk) == (sdk.trace_id, sdk.span_id, sdk.is_remote, sdk.trace_flags, sdk.trace_state, sdk.is_valid)
+    assert ours.is_valid and not ours.is_remote and ours.trace_state == sdk.trace_state
