@@ -258,33 +258,41 @@ class SpanEncoder:
         # the SDK's fields, read directly (each public property costs a call); a SpanContext is a tuple
         trace_id, span_id, _, _, state, _ = span._context
         parent = span._parent
-        parts = [b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")]  # 1, 2
+        ids = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")  # 1, 2
         if state:
-            parts.append(_str_field(3, ",".join(f"{k}={v}" for k, v in state.items())))
+            ids += _str_field(3, ",".join(f"{k}={v}" for k, v in state.items()))
         if parent is not None:
-            parts.append(b"\x22\x08" + parent[1].to_bytes(8, "big"))  # 4: parent_span_id
+            ids += b"\x22\x08" + parent[1].to_bytes(8, "big")  # 4: parent_span_id
         name = self._names.get(span._name)
         if name is None:
             name = _str_field(5, span._name)
             if len(self._names) < self._cache_size:
                 self._names[span._name] = name
-        parts.append(name)
-        parts.append(_KINDS[id(span._kind)])  # 6: kind (by identity: an enum member hashes in Python)
-        parts.append(_TIMES.pack(0x39, span._start_time or 0, 0x41, span._end_time or 0))  # 7, 8: start, end
         attributes = span._attributes
         if type(attributes) is dict:  # gateway/spans.py's: within the limits, nothing dropped
-            parts.append(self._span_attributes(attributes, span._head))  # type: ignore[attr-defined]
+            encoded = self._span_attributes(attributes, span._head)  # type: ignore[attr-defined]
         else:
-            parts.append(self.attributes(9, _own_attributes(span)))
+            encoded = self.attributes(9, _own_attributes(span))
             if span.dropped_attributes:
-                parts.append(_key(10, 0) + _varint(span.dropped_attributes))
+                encoded += _key(10, 0) + _varint(span.dropped_attributes)
         if span._events or span._links:
-            self._events_and_links(span, parts)
+            encoded += self._events_and_links(span)
         status = span._status
-        if status is not None:
-            parts.append(self._status(status))
-        parts.append(_FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL)  # 16: flags, is_remote
-        return _framed(b"\x12", b"".join(parts))
+        body = b"".join(
+            (
+                ids,
+                name,
+                _KINDS[id(span._kind)],  # 6: kind (by identity: an enum member hashes in Python)
+                _TIMES.pack(0x39, span._start_time or 0, 0x41, span._end_time or 0),  # 7, 8: start, end
+                encoded,  # 9 (10, 11, 12, 13, 14)
+                self._status(status) if status is not None else b"",  # 15
+                _FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL,  # 16: flags, is_remote
+            )
+        )
+        n = len(body)
+        if 0x80 <= n < 0x4000:
+            return b"\x12" + bytes((n & 0x7F | 0x80, n >> 7)) + body
+        return _framed(b"\x12", body)
 
     def _status(self, status: Any) -> bytes:
         """Span.status (15); the same Status object (gateway/spans.py shares the unset one) encodes once."""
@@ -295,7 +303,8 @@ class SpanEncoder:
             return _bytes_field(15, _str_field(2, status.description) + _STATUS_CODES[status.status_code])
         return self._block(status, lambda s: _STATUS_BY_ID[id(s.status_code)])
 
-    def _events_and_links(self, span: ReadableSpan, parts: list[bytes]) -> None:
+    def _events_and_links(self, span: ReadableSpan) -> bytes:
+        parts = []
         events = span._events
         if events:
             for event in events:
@@ -308,6 +317,7 @@ class SpanEncoder:
                 parts.append(_bytes_field(13, self.link(link)))
             if span.dropped_links:
                 parts.append(_key(14, 0) + _varint(span.dropped_links))
+        return b"".join(parts)
 
     def event(self, event: Any) -> bytes:
         body = b"\x09" + _FIXED64.pack(event.timestamp or 0) + _str_field(2, event.name)
