@@ -277,9 +277,10 @@ def test_the_batcher_exports_sampled_spans_in_batches_and_flushes_at_shutdown():
     tracing = spans.Tracing(provider)
     unsampled = spans.remote_parent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", None)
     assert not tracing.start("dropped by the sampler", SpanKind.SERVER, {}, unsampled).is_recording()
-    for n in range(7):
-        tracing.start(f"s{n}", SpanKind.INTERNAL, {}, None).end()
-    assert batcher.dropped == 2  # the queue holds 5
+    with batcher._export_lock:  # the export thread cannot drain the queue meanwhile
+        for n in range(7):
+            tracing.start(f"s{n}", SpanKind.INTERNAL, {}, None).end()
+        assert batcher.dropped == 2  # the queue holds 5
     assert batcher.force_flush()
     assert sorted(name for batch in exporter.batches for name in batch) == [f"s{n}" for n in range(5)]
     assert all(len(batch) <= 2 for batch in exporter.batches)
