@@ -269,8 +269,8 @@ class SpanEncoder:
             if len(self._names) < self._cache_size:
                 self._names[span._name] = name
         attributes = span._attributes
-        if type(attributes) is dict:  # gateway/spans.py's: within the limits, nothing dropped
-            encoded = self._span_attributes(attributes, span._head)  # type: ignore[attr-defined]
+        if type(attributes) is dict:  # gateway/spans.py's (or a ReadableSpan made by hand): nothing dropped
+            encoded = self._span_attributes(attributes, getattr(span, "_head", 0))
         else:
             encoded = self.attributes(9, _own_attributes(span))
             if span.dropped_attributes:

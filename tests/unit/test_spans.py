@@ -306,3 +306,13 @@ def test_span_contexts_made_here_equal_the_sdk_constructor_ones():
     assert ours == sdk and isinstance(ours, SpanContext)
     assert tuple(sdk) == (sdk.trace_id, sdk.span_id, sdk.is_remote, sdk.trace_flags, sdk.trace_state, sdk.is_valid)
     assert ours.is_valid and not ours.is_remote and ours.trace_state == sdk.trace_state
+
+
+def test_a_readable_span_made_by_hand_with_a_plain_dict_encodes_too():
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    context = SpanContext(0x1234, 0x5678, False, TraceFlags(1))
+    span = ReadableSpan("by hand", context, attributes={"k": "v", "n": 2}, start_time=1, end_time=2)
+    ours = ExportTraceServiceRequest.FromString(SpanEncoder().request([span]))
+    sdk = ExportTraceServiceRequest.FromString(encode_spans([span]).SerializeToString())
+    assert _normalized(ours) == _normalized(sdk)
