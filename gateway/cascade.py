@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
-from opentelemetry import trace
 
 from gateway.dispatch import Answer, Committed, dispatch, open_stream
 from gateway.dispatch import Request as Dispatch
@@ -29,7 +28,7 @@ from gateway.facts import MAX_COST_HEADER, parse_cost_cap
 from gateway.instrument import abandoned, cascade_step
 from gateway.shadow import Accepted, Shadows, shadow_call
 from gateway.store.admission import BudgetExceeded
-from gateway.telemetry import tracing_active
+from gateway.telemetry import current_span, tracing_active
 from policies.cascade import (
     CostCapExceeded,
     Rung,
@@ -68,7 +67,7 @@ def _report(route: str, steps: list[Step], step: Step) -> None:
     steps.append(step)
     if not tracing_active():
         return
-    span = trace.get_current_span()
+    span = current_span()
     event: dict[str, Any] = {"escalade.route": route, "escalade.rung": step.rung, "escalade.rung.action": step.action}
     if step.deployment:
         event["escalade.deployment"] = step.deployment

@@ -9,9 +9,11 @@ endpoint, headers, timeout, compression and TLS settings stay the SDK exporter's
 Tests decode what this encoder writes with opentelemetry-proto and compare it with the SDK encoder's.
 """
 
+import collections
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -22,6 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 log = logging.getLogger("escalade.otlp")
 
 _DOUBLE = struct.Struct("<d")
+_ZERO8 = bytes(8)
 _FIXED64 = struct.Struct("<Q")
 _FIXED32 = struct.Struct("<I")
 _TIMES = struct.Struct("<BQBQ")
@@ -29,13 +32,14 @@ _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 _FLAGS_LOCAL = b"\x85\x01" + _FIXED32.pack(_HAS_IS_REMOTE)  # Span.flags (16, fixed32)
 _FLAGS_REMOTE = b"\x85\x01" + _FIXED32.pack(_HAS_IS_REMOTE | _IS_REMOTE)
-_KINDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}  # Span.kind: OTLP counts from INTERNAL=1
+_KINDS = {id(kind): b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}  # Span.kind: OTLP counts from INTERNAL=1
 _STATUS_CODES = {  # Status.code (3) inside Span.status (15); UNSET is the empty Status
     StatusCode.UNSET: b"",
     StatusCode.OK: b"\x18\x01",
     StatusCode.ERROR: b"\x18\x02",
 }
 _STATUSES = {body: b"\x7a" + bytes((len(body),)) + body for body in _STATUS_CODES.values()}  # Span.status, no message
+_STATUS_BY_ID = {id(code): _STATUSES[body] for code, body in _STATUS_CODES.items()}
 
 
 _SMALL = [bytes((n,)) for n in range(128)]
@@ -92,102 +96,227 @@ def key_value(key: str, value: Any) -> bytes:
 
 
 def _own_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:
-    """The span's attributes as a plain dict when the SDK keeps one (its public view is a proxy over a
-    mapping that iterates in Python, key by key)."""
-    bounded = getattr(span, "_attributes", None)
-    inner = getattr(bounded, "_dict", None)
+    """The span's attributes as a plain dict when the span keeps one (gateway/spans.py's spans hand over their
+    dict; the SDK's own spans a BoundedAttributes whose public view is a proxy iterating in Python)."""
+    attributes = getattr(span, "_attributes", None)
+    if type(attributes) is dict:
+        return attributes
+    inner = getattr(attributes, "_dict", None)
     return inner if isinstance(inner, dict) else span.attributes
+
+
+def _framed(tag: bytes, body: bytes) -> bytes:
+    n = len(body)
+    if n < 0x80:
+        return tag + _SMALL[n] + body
+    if n < 0x4000:
+        return tag + bytes((n & 0x7F | 0x80, n >> 7)) + body
+    return tag + _varint(n) + body
 
 
 class SpanEncoder:
     """ReadableSpans -> ExportTraceServiceRequest bytes. Not thread-safe: one per exporter (the batch
-    processor exports from one thread)."""
+    processor exports from one thread).
+
+    Most of a span's bytes repeat from span to span: attribute keys, text values (route, deployment, model,
+    policy version...), flags, span names, the resource and the scope. Those are encoded once and cached;
+    what is new per span is ids, times and numbers.
+    """
 
     def __init__(self, cache_size: int = 4096) -> None:
-        self._cache: dict[tuple[int, str, type, Any], bytes] = {}
+        # field -> key -> value -> the whole framed KeyValue; texts (and tuples of texts) apart from ints, as
+        # a flag or a float equal to an int (True == 1 == 1.0) must not find the int's bytes
+        self._texts: collections.defaultdict[int, dict[str, dict[Any, bytes]]] = collections.defaultdict(dict)
+        self._ints: collections.defaultdict[int, dict[str, dict[int, bytes]]] = collections.defaultdict(dict)
+        self._floats: collections.defaultdict[int, dict[str, bytes]] = collections.defaultdict(dict)
+        self._cached = 0
+        self._flags: dict[tuple[int, str, bool], bytes] = {}
+        self._heads: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
         self._keys: dict[str, bytes] = {}
+        """key -> KeyValue.key (field 1) with its tag and length."""
         self._names: dict[str, bytes] = {}
+        self._blocks: dict[int, tuple[Any, bytes]] = {}
+        """id(resource or scope) -> (it, its encoded message): both live as long as their provider/tracer."""
         self._cache_size = cache_size
 
+    def _key_bytes(self, key: str) -> bytes:
+        name = self._keys.get(key)
+        if name is None:
+            name = _str_field(1, key)
+            if len(self._keys) < self._cache_size:
+                self._keys[key] = name
+        return name
+
     def attributes(self, field: int, attributes: Mapping[str, Any] | None) -> bytes:
-        """Repeated KeyValue `field`: whole pairs of text or flags come from the cache (they repeat from
-        span to span), and the key's bytes for the others."""
+        """Repeated KeyValue `field`."""
         if not attributes:
             return b""
-        cache = self._cache
-        prefix = _key(field, 2)
+        return self._pairs(field, attributes.items())
+
+    def _span_attributes(self, attributes: dict[str, Any], head: int) -> bytes:
+        """Span.attributes (9). The first `head` pairs are those the span started with (gateway/spans.py
+        records how many): for an attempt they are the same for every request to a deployment, so their
+        bytes are cached as one block, found with one lookup. (Values compare by equality, so 1 and True
+        would share an entry: an attribute keeps one type, as the semantic conventions define it.)"""
+        if head < 2 or len(attributes) < head:
+            return self._pairs(9, attributes.items())
+        first = (tuple(islice(attributes, head)), tuple(islice(attributes.values(), head)))  # 3 objects, not head + 1
+        try:
+            block = self._heads.get(first)
+        except TypeError:  # an unhashable value
+            return self._pairs(9, attributes.items())
+        if block is None:
+            block = self._pairs(9, zip(*first, strict=True))
+            if len(block) <= 2048:  # not a head that carries a conversation (record_content)
+                if len(self._heads) >= self._cache_size:
+                    self._heads.clear()
+                self._heads[first] = block
+        if len(attributes) == head:
+            return block
+        return block + self._pairs(9, islice(attributes.items(), head, None))
+
+    def _pairs(self, field: int, items: Iterable[tuple[str, Any]]) -> bytes:
+        texts = self._texts[field]
+        ints = self._ints[field]
+        floats = self._floats[field]
+        tag = _key(field, 2)
         out = []
-        for key, value in attributes.items():
+        append = out.append
+        for key, value in items:
             kind = type(value)
-            if kind is str or kind is bool:
-                entry = (field, key, kind, value)
-                chunk = cache.get(entry)
+            if kind is str or kind is tuple:  # a list of texts (candidates, finish reasons) comes as a tuple
+                values = texts.get(key)
+                chunk = values.get(value) if values is not None else None
                 if chunk is None:
-                    chunk = _bytes_field(field, key_value(key, value))
-                    if kind is bool or len(value) <= 256:
-                        if len(cache) >= self._cache_size:
-                            cache.clear()
-                        cache[entry] = chunk
-                out.append(chunk)
+                    chunk = self._text(field, tag, key, value)
+                if chunk:
+                    append(chunk)
                 continue
-            name = self._keys.get(key)
-            if name is None:
-                name = _str_field(1, key)
-                if len(self._keys) < self._cache_size:
-                    self._keys[key] = name
-            try:
-                if kind is int:
-                    body = b"\x18" + _varint(value)  # AnyValue.int_value
-                elif kind is float:
-                    body = b"\x21" + _DOUBLE.pack(value)  # AnyValue.double_value
-                else:
-                    body = any_value(value)
-            except TypeError:
-                log.warning("attribute %s: a %s is not exported", key, kind.__name__)
+            if kind is int:  # status codes, ports, attempts, token counts: they repeat too
+                values = ints.get(key)
+                chunk = values.get(value) if values is not None else None
+                if chunk is None:
+                    chunk = self._int(field, tag, key, value)
+                append(chunk)
                 continue
-            pair = name + b"\x12" + _varint(len(body)) + body
-            out.append(prefix + _varint(len(pair)) + pair)
+            if kind is float:  # costs, times: all but the last 8 bytes depend on the key only
+                prefix = floats.get(key)
+                if prefix is None:
+                    prefix = floats[key] = _framed(tag, self._key_bytes(key) + b"\x12\x09\x21" + _ZERO8)[:-8]
+                append(prefix + _DOUBLE.pack(value))  # ...\x21: AnyValue.double_value, fixed64
+                continue
+            chunk = self._other(field, tag, key, value)
+            if chunk:
+                append(chunk)
         return b"".join(out)
 
+    def _text(self, field: int, tag: bytes, key: str, value: str | tuple[Any, ...]) -> bytes:
+        """A framed KeyValue of text or a tuple, cached when short and (for tuples) made of texts only: an
+        equal tuple is then the same texts (a text equals no number or flag)."""
+        chunk = self._other(field, tag, key, value)
+        if type(value) is str:
+            cacheable = len(value) <= 256
+        else:
+            cacheable = len(value) <= 16 and all(type(v) is str and len(v) <= 256 for v in value)
+        if cacheable and chunk:
+            self._remember(self._texts[field], key, value, chunk)
+        return chunk
+
+    def _int(self, field: int, tag: bytes, key: str, value: int) -> bytes:
+        number = _varint(value)
+        body = b"\x12" + _SMALL[len(number) + 1] + b"\x18" + number  # KeyValue.value: AnyValue.int_value
+        chunk = _framed(tag, self._key_bytes(key) + body)
+        self._remember(self._ints[field], key, value, chunk)
+        return chunk
+
+    def _remember(self, cache: dict[str, dict[Any, bytes]], key: str, value: Any, chunk: bytes) -> None:
+        if self._cached >= self._cache_size:  # token counts, costs...: start over rather than grow
+            self._texts.clear()
+            self._ints.clear()
+            self._cached = 0
+        values = cache.get(key)
+        if values is None:
+            values = cache[key] = {}
+        values[value] = chunk
+        self._cached += 1
+
+    def _other(self, field: int, tag: bytes, key: str, value: Any) -> bytes:
+        """A framed KeyValue whose value is a flag (cached), a list, bytes or a map; b"" when not encodable."""
+        if type(value) is bool:
+            chunk = self._flags.get((field, key, value))
+            if chunk is None:
+                chunk = self._flags[(field, key, value)] = _framed(tag, key_value(key, value))
+            return chunk
+        try:
+            return _framed(tag, self._key_bytes(key) + _bytes_field(2, any_value(value)))
+        except TypeError:
+            log.warning("attribute %s: a %s is not exported", key, type(value).__name__)
+            return b""
+
     def span(self, span: ReadableSpan) -> bytes:
-        ctx = span.get_span_context()
-        parent = span.parent
-        parts = [
-            b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big") + b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),  # 1, 2
-        ]
-        if ctx.trace_state:
-            parts.append(_str_field(3, ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())))
+        """One Span message, framed as ScopeSpans.spans (field 2)."""
+        # the SDK's fields, read directly (each public property costs a call); a SpanContext is a tuple
+        trace_id, span_id, _, _, state, _ = span._context
+        parent = span._parent
+        ids = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")  # 1, 2
+        if state:
+            ids += _str_field(3, ",".join(f"{k}={v}" for k, v in state.items()))
         if parent is not None:
-            parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))  # 4: parent_span_id
-        name = self._names.get(span.name)
+            ids += b"\x22\x08" + parent[1].to_bytes(8, "big")  # 4: parent_span_id
+        name = self._names.get(span._name)
         if name is None:
-            name = _str_field(5, span.name)
+            name = _str_field(5, span._name)
             if len(self._names) < self._cache_size:
-                self._names[span.name] = name
-        parts.append(name)
-        parts.append(_KINDS[span.kind])  # 6: kind
-        parts.append(_TIMES.pack(0x39, span.start_time or 0, 0x41, span.end_time or 0))  # 7, 8: start, end
-        parts.append(self.attributes(9, _own_attributes(span)))
-        if span.dropped_attributes:
-            parts.append(_key(10, 0) + _varint(span.dropped_attributes))
-        events = span.events
-        for event in events:
-            parts.append(_bytes_field(11, self.event(event)))
-        if events and span.dropped_events:
-            parts.append(_key(12, 0) + _varint(span.dropped_events))
-        links = span.links
-        for link in links:
-            parts.append(_bytes_field(13, self.link(link)))
-        if links and span.dropped_links:
-            parts.append(_key(14, 0) + _varint(span.dropped_links))
-        status = span.status
-        if status is not None:
-            code = _STATUS_CODES[status.status_code]
-            if status.description:
-                parts.append(_bytes_field(15, _str_field(2, status.description) + code))
-            else:
-                parts.append(_STATUSES[code])
-        parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)  # 16: flags
+                self._names[span._name] = name
+        attributes = span._attributes
+        if type(attributes) is dict:  # gateway/spans.py's (or a ReadableSpan made by hand): nothing dropped
+            encoded = self._span_attributes(attributes, getattr(span, "_head", 0))
+        else:
+            encoded = self.attributes(9, _own_attributes(span))
+            if span.dropped_attributes:
+                encoded += _key(10, 0) + _varint(span.dropped_attributes)
+        if span._events or span._links:
+            encoded += self._events_and_links(span)
+        status = span._status
+        body = b"".join(
+            (
+                ids,
+                name,
+                _KINDS[id(span._kind)],  # 6: kind (by identity: an enum member hashes in Python)
+                _TIMES.pack(0x39, span._start_time or 0, 0x41, span._end_time or 0),  # 7, 8: start, end
+                encoded,  # 9 (10, 11, 12, 13, 14)
+                self._status(status) if status is not None else b"",  # 15
+                _FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL,  # 16: flags, is_remote
+            )
+        )
+        n = len(body)
+        if 0x80 <= n < 0x4000:
+            return b"\x12" + bytes((n & 0x7F | 0x80, n >> 7)) + body
+        return _framed(b"\x12", body)
+
+    def _status(self, status: Any) -> bytes:
+        """Span.status (15); the same Status object (gateway/spans.py shares the unset one) encodes once."""
+        entry = self._blocks.get(id(status))
+        if entry is not None and entry[0] is status:
+            return entry[1]
+        if status.description:
+            return _bytes_field(15, _str_field(2, status.description) + _STATUS_CODES[status.status_code])
+        return self._block(status, lambda s: _STATUS_BY_ID[id(s.status_code)])
+
+    def _events_and_links(self, span: ReadableSpan) -> bytes:
+        parts = []
+        events = span._events
+        if events:
+            for event in events:
+                parts.append(_bytes_field(11, self.event(event)))
+            if span.dropped_events:
+                parts.append(_key(12, 0) + _varint(span.dropped_events))
+        links = span._links
+        if links:
+            for link in links:
+                parts.append(_bytes_field(13, self.link(link)))
+            if span.dropped_links:
+                parts.append(_key(14, 0) + _varint(span.dropped_links))
         return b"".join(parts)
 
     def event(self, event: Any) -> bytes:
@@ -214,24 +343,43 @@ class SpanEncoder:
             body += _str_field(2, scope.version)
         return body + self.attributes(3, getattr(scope, "attributes", None))
 
+    def _block(self, thing: Any, encode: Any) -> bytes:
+        """`encode(thing)`, once per resource or scope object."""
+        entry = self._blocks.get(id(thing))
+        if entry is None or entry[0] is not thing:
+            if len(self._blocks) >= 64:
+                self._blocks.clear()
+            entry = self._blocks[id(thing)] = (thing, encode(thing))
+        return entry[1]
+
+    def _resource(self, resource: Any) -> bytes:
+        return _bytes_field(1, self.attributes(1, resource.attributes))  # ResourceSpans.resource
+
+    def _scope(self, scope: Any) -> bytes:
+        return _bytes_field(1, self.scope(scope))  # ScopeSpans.scope
+
     def request(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The ExportTraceServiceRequest for `spans`, grouped by resource, then instrumentation scope."""
         groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}  # by identity: Resource hashes slowly
+        encode = self.span
+        last_resource = last_scope = encoded = None
         for span in spans:
-            resource, scope = span.resource, span.instrumentation_scope
-            scopes = groups.get(id(resource))
-            if scopes is None:
-                scopes = groups[id(resource)] = (resource, {})
-            entry = scopes[1].get(id(scope))
-            if entry is None:
-                entry = scopes[1][id(scope)] = (scope, [])
-            entry[1].append(self.span(span))
+            resource, scope = span._resource, span._instrumentation_scope
+            if resource is not last_resource or scope is not last_scope or encoded is None:
+                scopes = groups.get(id(resource))
+                if scopes is None:
+                    scopes = groups[id(resource)] = (resource, {})
+                entry = scopes[1].get(id(scope))
+                if entry is None:
+                    entry = scopes[1][id(scope)] = (scope, [])
+                last_resource, last_scope, encoded = resource, scope, entry[1]
+            encoded.append(encode(span))
         out = []
         for resource, scopes_of in groups.values():
-            body = _bytes_field(1, self.attributes(1, resource.attributes))  # ResourceSpans.resource
+            body = self._block(resource, self._resource)
             for scope, encoded in scopes_of.values():
-                scope_spans = _bytes_field(1, self.scope(scope))
-                scope_spans += b"".join(_bytes_field(2, s) for s in encoded)
+                scope_spans = self._block(scope, self._scope) if scope is not None else _bytes_field(1, b"")
+                scope_spans += b"".join(encoded)
                 if scope is not None and scope.schema_url:
                     scope_spans += _str_field(3, scope.schema_url)
                 body += _bytes_field(2, scope_spans)

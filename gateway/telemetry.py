@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing: the only module that touches the trace SDK. Off unless the standard OTEL_* variables ask.
+"""OpenTelemetry tracing: the only module that makes spans. Off unless the standard OTEL_* variables ask.
 
 While tracing is off no span object is ever created: the helpers here return None (or a shared no-op)
 and callers skip their span work, because even the API's no-op spans cost measurably per request.
@@ -10,6 +10,10 @@ Spans of one request:
   stream's attempt lasts until the stream ends.
 Backoff sleeps and circuit changes are span events. Prompt and completion text are recorded only
 when the route says `record_content: true`.
+
+The spans are gateway/spans.py's light spans, sampled by the installed SDK TracerProvider's sampler and
+handed to its span processors as SDK ReadableSpans when they end; the current span is kept in escalade's
+own context variable (`current_span()`), not in the OpenTelemetry context.
 """
 
 import functools
@@ -18,17 +22,22 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import context, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
+from gateway import spans
 from providers.errors import scrub
 
-tracer = trace.get_tracer("escalade")
+Span = spans.Span | NonRecordingSpan
+"""A span made here: recording, or the API's non-recording span of an unsampled request."""
 
 _configured = False
-_W3C = TraceContextTextMapPropagator()
 _ERROR = StatusCode.ERROR
+_SERVER = SpanKind.SERVER
+_CLIENT = SpanKind.CLIENT
+_INTERNAL = SpanKind.INTERNAL
+_tracing: spans.Tracing | None = None
 
 PROVIDER_NAMES = {
     "openai": "openai",
@@ -46,7 +55,24 @@ def tracing_active() -> bool:
 
     While it is not, escalade creates no span objects at all: even no-op spans cost measurably.
     """
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    provider = trace.get_tracer_provider()
+    return isinstance(provider, TracerProvider) and not getattr(provider, "_disabled", False)
+
+
+def _spans() -> spans.Tracing:
+    """The light-span factory of the installed SDK provider (rebuilt if the provider changed)."""
+    global _tracing
+    provider = trace.get_tracer_provider()
+    tracing = _tracing
+    if tracing is None or tracing.provider is not provider:
+        tracing = _tracing = spans.Tracing(provider)  # type: ignore[arg-type]
+    return tracing
+
+
+def current_span() -> Any:
+    """The current span (the running attempt's, else the request's); a no-op span when there is none."""
+    span = spans.current()
+    return span if span is not None else spans.NO_SPAN
 
 
 def tracing_requested(env: dict[str, str] | None = None) -> bool:
@@ -67,8 +93,9 @@ def setup_tracing() -> bool:
     if _configured or not tracing_requested():
         return _configured
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+
+    from gateway.span_batch import SpanBatcher
 
     exporter: SpanExporter
     if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console":
@@ -81,22 +108,10 @@ def setup_tracing() -> bool:
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     # A busy gateway makes thousands of spans a second: the SDK's default queue (2048) drops spans in bursts
     # and its batches of 512 pay the HTTP request's overhead four times as often. OTEL_BSP_* still win.
-    queue = None if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else 16384
-    batch = None if os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else 2048
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=batch))
+    provider.add_span_processor(SpanBatcher.from_env(exporter, max_queue_size=16384, max_export_batch_size=2048))
     trace.set_tracer_provider(provider)
     _configured = True
     return True
-
-
-@functools.cache
-def _tracer(provider: object) -> trace.Tracer:
-    """The SDK tracer itself (not the API's proxy, which adds a call per span)."""
-    return trace.get_tracer("escalade", tracer_provider=provider)  # type: ignore[arg-type]
-
-
-def _sdk_tracer() -> trace.Tracer:
-    return _tracer(trace.get_tracer_provider())
 
 
 # ---------------------------------------------------------------- request (SERVER) span
@@ -107,19 +122,16 @@ def start_server_span(method: str, path: str, headers: Iterable[tuple[bytes, byt
 
     Returns the span and the context token to hand to `end_server_span`.
     """
-    carrier = {}
+    parent = state = None
     for name, value in headers:
-        if name == b"traceparent" or name == b"tracestate":
-            carrier[name.decode("latin-1")] = value.decode("latin-1")
-    parent = _W3C.extract(carrier) if carrier else None
-    span = _sdk_tracer().start_span(
-        f"{method} {path}",
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes={"http.request.method": method, "http.route": path},
-    )
-    token = context.attach(trace.set_span_in_context(span, parent))
-    return span, token
+        if name == b"traceparent":
+            parent = value.decode("latin-1")
+        elif name == b"tracestate":
+            state = value.decode("latin-1")
+    remote = spans.remote_parent(parent, state) if parent else None
+    attributes = {"http.request.method": method, "http.route": path}
+    span = _spans().start(f"{method} {path}", _SERVER, attributes, remote)
+    return span, spans.enter(span)
 
 
 def end_server_span(span: Span, token: object, status: int, attributes: dict[str, Any]) -> None:
@@ -128,7 +140,7 @@ def end_server_span(span: Span, token: object, status: int, attributes: dict[str
     if status >= 500:
         span.set_status(Status(_ERROR))
     span.end()
-    context.detach(token)  # type: ignore[arg-type]
+    spans.leave(token)  # type: ignore[arg-type]
 
 
 def trace_id_of(span: Span | None, headers: Iterable[tuple[bytes, bytes]] = ()) -> str | None:
@@ -159,14 +171,14 @@ def routing_span(
     deployment was skipped."""
     attributes: dict[str, Any] = {
         "escalade.route": route,
-        "escalade.candidates": list(candidates),
+        "escalade.candidates": tuple(candidates),
         "escalade.policy.version": version,
     }
     if strategy:
         attributes["escalade.strategy"] = strategy
     if skipped:
-        attributes["escalade.skipped"] = [f"{name}: {why}" for name, why in skipped]
-    span = _sdk_tracer().start_span(f"route {route}", attributes=attributes, start_time=start_ns)
+        attributes["escalade.skipped"] = tuple(f"{name}: {why}" for name, why in skipped)
+    span = _spans().start(f"route {route}", _INTERNAL, attributes, _parent(), start_ns)
     if error is not None:
         span.set_attribute("error.type", getattr(error, "kind", type(error).__name__))
         span.set_status(Status(_ERROR, _describe(error)))
@@ -183,27 +195,25 @@ def start_attempt_span(
     headers: dict[str, str] | None,
 ) -> tuple[Span, object]:
     """Start one attempt's CLIENT span and make it current; inject `traceparent` into `headers` if given."""
-    span = _sdk_tracer().start_span(
-        f"{operation} {upstream_model}",
-        kind=SpanKind.CLIENT,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    )
-    ctx = trace.set_span_in_context(span)
+    span = _spans().start(f"{operation} {upstream_model}", _CLIENT, attributes, _parent())
     if headers is not None:
-        _W3C.inject(headers, context=ctx)
-    return span, context.attach(ctx)
+        spans.traceparent(span.get_span_context(), headers)
+    return span, spans.enter(span)
+
+
+def _parent() -> Any:
+    span = spans.current()
+    return span.get_span_context() if span is not None else None
 
 
 def inject(span: Span, headers: dict[str, str]) -> None:
     """Put `span`'s W3C `traceparent` (and `tracestate`) into `headers`."""
-    _W3C.inject(headers, context=trace.set_span_in_context(span))
+    spans.traceparent(span.get_span_context(), headers)
 
 
 def leave(token: object) -> None:
     """Stop making a span current (the span itself may live on, e.g. a stream's attempt)."""
-    context.detach(token)  # type: ignore[arg-type]
+    spans.leave(token)  # type: ignore[arg-type]
 
 
 def fail_span(span: Span, error: BaseException) -> None:
@@ -233,8 +243,8 @@ def server_of(base_url: str | None) -> tuple[str, int] | None:
 
 def add_event(name: str, attributes: dict[str, Any]) -> None:
     """An event on the current span (no-op when tracing is off or nothing is recording)."""
-    span = trace.get_current_span()
-    if span.is_recording():
+    span = spans.current()
+    if span is not None and span.is_recording():
         span.add_event(name, attributes)
 
 
@@ -243,8 +253,8 @@ def annotate(**attributes: Any) -> None:
 
     Keys with dots are passed with `**{...}`; values must be str, bool, int, float or lists of one of them.
     """
-    span = trace.get_current_span()
-    if span.is_recording():
+    span = spans.current()
+    if span is not None and span.is_recording():
         span.set_attributes(attributes)
 
 

@@ -255,10 +255,11 @@ def test_no_span_object_is_created_while_tracing_is_off(tmp_path, mock):
         import httpx, yaml
         from opentelemetry import trace
         from opentelemetry.sdk import trace as sdk_trace
+        from gateway import spans
         from tests.support.gateway import GatewayThread, mock_policy, write_policy
         from pathlib import Path
         made = []
-        for cls in (trace.NonRecordingSpan, sdk_trace._Span):
+        for cls in (trace.NonRecordingSpan, sdk_trace._Span, spans.Span):
             original = cls.__init__
             def counting(self, *a, __original=original, **k):
                 made.append(type(self).__name__)
