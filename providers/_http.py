@@ -50,6 +50,10 @@ class _NoCookies(httpx.Cookies):
         return None
 
 
+def _without_read_limit(limits: httpx.Timeout) -> httpx.Timeout:
+    return httpx.Timeout(connect=limits.connect, read=None, write=limits.write, pool=limits.pool)
+
+
 class UpstreamClient(httpx.AsyncClient):
     """httpx's pooled client with no cookie jar, whose attempts skip AsyncClient.send's layers.
 
@@ -64,6 +68,13 @@ class UpstreamClient(httpx.AsyncClient):
     def __init__(self, *, transport: httpx.AsyncBaseTransport, **options: Any) -> None:
         super().__init__(transport=transport, **options)
         self._direct = transport
+        self._targets: dict[str, tuple[httpx.URL, httpx.Headers]] = {}
+        t = self.timeout
+        self._limits = (
+            {"timeout": t.as_dict()},
+            {"timeout": _without_read_limit(t).as_dict()},
+        )
+        """Request extensions: with the idle limit, and without it (`patient`)."""
 
     @property  # type: ignore[override]
     def cookies(self) -> httpx.Cookies:
@@ -78,15 +89,12 @@ class UpstreamClient(httpx.AsyncClient):
         return self._target(path)[0]
 
     def _target(self, path: str) -> tuple[httpx.URL, httpx.Headers]:
-        targets: dict[str, tuple[httpx.URL, httpx.Headers]] | None = self.__dict__.get("_escalade_targets")
-        if targets is None:
-            targets = self.__dict__["_escalade_targets"] = {}
-        target = targets.get(path)
+        target = self._targets.get(path)
         if target is None:
             url = self._merge_url(path)
             headers = httpx.Headers(self.headers)
             headers["host"] = url.netloc.decode("ascii")
-            target = targets[path] = (url, headers)
+            target = self._targets[path] = (url, headers)
         return target
 
     def attempt(self, path: str, body: bytes, headers: dict[str, str], *, patient: bool) -> httpx.Request:
@@ -95,14 +103,7 @@ class UpstreamClient(httpx.AsyncClient):
         merged = httpx.Headers(base)
         for name, value in headers.items():
             merged[name] = value
-        limits = self.__dict__.get("_escalade_limits")
-        if limits is None:
-            t = self.timeout
-            limits = self.__dict__["_escalade_limits"] = (
-                {"timeout": t.as_dict()},
-                {"timeout": httpx.Timeout(connect=t.connect, read=None, write=t.write, pool=t.pool).as_dict()},
-            )
-        return httpx.Request("POST", url, headers=merged, content=body, extensions=limits[patient])
+        return httpx.Request("POST", url, headers=merged, content=body, extensions=self._limits[patient])
 
     async def send_direct(self, request: httpx.Request) -> httpx.Response:
         """`request` through the transport, its body unread (the caller reads or closes it)."""
@@ -319,8 +320,7 @@ def attempt_request(client: httpx.AsyncClient, path: str, body: bytes, call: Cal
         return client.attempt(path, body, call.headers, patient=not call.has_fallback)
     if call.has_fallback:
         return client.build_request("POST", path, content=body, headers=call.headers)
-    limits = client.timeout
-    patient = httpx.Timeout(connect=limits.connect, read=None, write=limits.write, pool=limits.pool)
+    patient = _without_read_limit(client.timeout)
     return client.build_request("POST", path, content=body, headers=call.headers, timeout=patient)
 
 

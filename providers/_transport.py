@@ -39,7 +39,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
-        self.used = 0
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._reset()
@@ -232,15 +231,12 @@ class H1Transport(httpx.AsyncBaseTransport):
         if scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
         origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
-        body = request.content if isinstance(request.stream, httpx.ByteStream) else await request.aread()
+        body = await request.aread()  # the bytes it was built with (a streamed body: read whole)
         head = _head(request, body)
         conn = await self._acquire(origin, timeouts.get("connect"), timeouts.get("pool"))
         conn.busy = True
-        conn.used += 1
         assert conn.transport is not None
-        conn.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            conn.transport.write(body)
+        conn.transport.writelines((head, body))  # one send for both where the loop can
         read_timeout = timeouts.get("read")
         try:
             while not conn.head_done:

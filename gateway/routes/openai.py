@@ -227,27 +227,21 @@ async def chat_completions(scope: Any, receive: Any, send: Any) -> None:
     prep = await _prepare(scope, receive, decode_chat_request, "chat", required_by_chat)
     if prep.dispatch.plan.strategy == "cascade":
         endpoint: Endpoint = _cascade
-    elif prep.inbound.typed.is_stream:
-        endpoint = _streaming(lambda p, i, c: p.chat_stream(i, c))
     else:
-        endpoint = _unary(lambda p, i, c: p.chat(i, c))
+        endpoint = _CHAT_STREAM if prep.inbound.typed.is_stream else _CHAT
     await _serve(scope, receive, send, prep, endpoint)
 
 
 @asgi("/v1/completions", copy_scope=False)
 async def completions(scope: Any, receive: Any, send: Any) -> None:
     prep = await _prepare(scope, receive, decode_completion_request, "text_completion", lambda _: _COMPLETIONS)
-    if prep.inbound.typed.is_stream:
-        endpoint = _streaming(lambda p, i, c: p.completion_stream(i, c))
-    else:
-        endpoint = _unary(lambda p, i, c: p.completion(i, c))
-    await _serve(scope, receive, send, prep, endpoint)
+    await _serve(scope, receive, send, prep, _COMPLETION_STREAM if prep.inbound.typed.is_stream else _COMPLETION)
 
 
 @asgi("/v1/embeddings", copy_scope=False)
 async def embeddings(scope: Any, receive: Any, send: Any) -> None:
     prep = await _prepare(scope, receive, decode_embedding_request, "embeddings", lambda _: _EMBEDDINGS)
-    await _serve(scope, receive, send, prep, _unary(lambda p, i, c: p.embeddings(i, c), priced=False))
+    await _serve(scope, receive, send, prep, _EMBEDDING)
 
 
 def _unary(call_provider: ProviderCall, *, priced: bool = True) -> Endpoint:
@@ -326,6 +320,13 @@ def _streaming(open_provider_stream: Callable[..., Any]) -> Endpoint:
         await out.sse(_sse_body(answer.result, prep, answer.candidate, want_usage=want_usage), _headers(prep, answer))
 
     return endpoint
+
+
+_CHAT = _unary(lambda p, i, c: p.chat(i, c))
+_CHAT_STREAM = _streaming(lambda p, i, c: p.chat_stream(i, c))
+_COMPLETION = _unary(lambda p, i, c: p.completion(i, c))
+_COMPLETION_STREAM = _streaming(lambda p, i, c: p.completion_stream(i, c))
+_EMBEDDING = _unary(lambda p, i, c: p.embeddings(i, c), priced=False)
 
 
 async def _sse_body(
