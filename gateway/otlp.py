@@ -360,37 +360,46 @@ class SpanEncoder:
 
     def request(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The ExportTraceServiceRequest for `spans`, grouped by resource, then instrumentation scope."""
-        groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}  # by identity: Resource hashes slowly
+        groups: dict[tuple[int, int], tuple[Any, Any, list[bytes]]] = {}  # by identity: Resource hashes slowly
         encode = self.span
-        last_resource = last_scope = encoded = None
+        last_resource = last_scope = None
+        encoded: list[bytes] = []
         for span in spans:
             resource, scope = span._resource, span._instrumentation_scope
-            if resource is not last_resource or scope is not last_scope or encoded is None:
-                scopes = groups.get(id(resource))
-                if scopes is None:
-                    scopes = groups[id(resource)] = (resource, {})
-                entry = scopes[1].get(id(scope))
-                if entry is None:
-                    entry = scopes[1][id(scope)] = (scope, [])
-                last_resource, last_scope, encoded = resource, scope, entry[1]
+            if resource is not last_resource or scope is not last_scope or not groups:
+                group = groups.get((id(resource), id(scope)))
+                if group is None:
+                    group = groups[(id(resource), id(scope))] = (resource, scope, [])
+                last_resource, last_scope, encoded = resource, scope, group[2]
             encoded.append(encode(span))
+        return self.assemble(groups.values())
+
+    def assemble(self, groups: Iterable[tuple[Any, Any, Sequence[bytes]]]) -> bytes:
+        """The ExportTraceServiceRequest for encoded spans, given as (resource, scope, Span messages) groups
+        (no two with the same resource and scope). The spans' bytes are copied once, into the result."""
+        by_resource: dict[int, tuple[Any, list[bytes]]] = {}
+        for resource, scope, encoded in groups:
+            entry = by_resource.get(id(resource))
+            if entry is None:
+                entry = by_resource[id(resource)] = (resource, [self._block(resource, self._resource)])
+            head = self._block(scope, self._scope) if scope is not None else b"\x0a\x00"  # ScopeSpans.scope
+            tail = _str_field(3, scope.schema_url) if scope is not None and scope.schema_url else b""
+            size = len(head) + sum(map(len, encoded)) + len(tail)
+            entry[1].extend((_key(2, 2) + _varint(size), head, *encoded, tail))  # ResourceSpans.scope_spans
         out = []
-        for resource, scopes_of in groups.values():
-            body = self._block(resource, self._resource)
-            for scope, encoded in scopes_of.values():
-                scope_spans = self._block(scope, self._scope) if scope is not None else _bytes_field(1, b"")
-                scope_spans += b"".join(encoded)
-                if scope is not None and scope.schema_url:
-                    scope_spans += _str_field(3, scope.schema_url)
-                body += _bytes_field(2, scope_spans)
+        for resource, pieces in by_resource.values():
             if resource.schema_url:
-                body += _str_field(3, resource.schema_url)
-            out.append(_bytes_field(1, body))
+                pieces.append(_str_field(3, resource.schema_url))
+            out.append(_key(1, 2) + _varint(sum(map(len, pieces))))  # ExportTraceServiceRequest.resource_spans
+            out.extend(pieces)
         return b"".join(out)
 
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
     """The SDK's OTLP/HTTP protobuf exporter (same configuration, same transport) with `SpanEncoder`.
+
+    Spans are encoded in batches on the export thread. (Encoding each span as it ended, on the request's
+    thread, was tried: in the gateway benchmark it cost more CPU per request, not less.)
 
     Falls back to the SDK's own encoding if its transport is not the one this was written against.
     """

@@ -656,10 +656,12 @@ class Bench:
     def rounds(
         self, label: str, n: int, fn: Callable[[Gateway | None], dict[str, Any]]
     ) -> dict[str, list[dict[str, Any]]]:
-        """`n` rounds of (direct, each gateway); a run with foreign load is redone up to --retries times."""
+        """`n` rounds of (direct, each gateway), the gateways' order rotated from round to round (a run right
+        after direct's was seen to fare differently); a run with foreign load is redone up to --retries times."""
         runs: dict[str, list[dict[str, Any]]] = {"direct": [], **{g.label: [] for g in self.gateways}}
-        for _ in range(n):
-            for gw in (None, *self.gateways):
+        for i in range(n):
+            k = i % len(self.gateways) if self.gateways else 0  # each gateway takes each place after direct in turn
+            for gw in (None, *self.gateways[k:], *self.gateways[:k]):
                 name = gw.label if gw else "direct"
                 for attempt in range(self.args.retries + 1):
                     self.wait_quiet()
@@ -687,7 +689,7 @@ class Bench:
                 self.throughput_once(gw, kind, 1)
         phases: list[tuple[str, str, int, Callable[[Gateway | None], dict[str, Any]]]] = []
         if "throughput" in a.only:
-            for kind in ("unary", "stream"):
+            for kind in a.kinds:
                 phases.append(
                     (
                         f"throughput_{kind}",
@@ -943,6 +945,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                 "direct_rps": median([r["rps"] for r in d]),
                 "via_rps": median([r["rps"] for r in v]),
                 "via_rps_all": [round(r["rps"]) for r in result[key]["via"]],
+                "via_cpu_all": [r.get("gateway_cpu_us_per_req") for r in result[key]["via"]],
                 "direct_rps_all": [round(r["rps"]) for r in result[key]["direct"]],
                 "via_errors": sum(r["errors"] for r in result[key]["via"]),
                 "via_p50_ms": median([r["p50_us"] / 1e3 for r in v]),
@@ -990,6 +993,21 @@ def fmt(x: float | None, spec: str = ".0f", suffix: str = "") -> str:
     return "n/a" if x is None else f"{x:{spec}}{suffix}"
 
 
+def paired(base: list[float | None], other: list[float | None], ratio: bool) -> str:
+    """Round-by-round comparison of two gateways measured in the same rounds: other/base (as a percent
+    change) or other - base; the median and the range."""
+    values = [
+        (o / b - 1) * 100 if ratio else o - b
+        for b, o in zip(base, other, strict=False)
+        if b is not None and o is not None and b > 0
+    ]
+    if not values:
+        return "n/a"
+    spec = "+.1f" if ratio else "+.0f"
+    unit = "%" if ratio else ""
+    return f"{median(values):{spec}}{unit} ({min(values):{spec}} to {max(values):{spec}}{unit}, {len(values)} rounds)"
+
+
 def markdown(summaries: list[dict[str, Any]], args: argparse.Namespace) -> str:
     c = args.concurrency
     names = [s["server"] for s in summaries]
@@ -1019,6 +1037,17 @@ def markdown(summaries: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 "",
                 [fmt(s[key]["gateway_cpu_us_per_req"]) for s in summaries],
             )
+            if len(summaries) > 1:  # each round ran every gateway: compare them round by round
+                row(
+                    f"req/s vs {first['server']}: per-round ratio, median (min-max)",
+                    "",
+                    [""] + [paired(first[key]["via_rps_all"], x[key]["via_rps_all"], True) for x in summaries[1:]],
+                )
+                row(
+                    f"CPU µs/request vs {first['server']}: per-round difference, median (min-max)",
+                    "",
+                    [""] + [paired(first[key]["via_cpu_all"], x[key]["via_cpu_all"], False) for x in summaries[1:]],
+                )
             row(
                 f"closed-loop p50 / p99 ms ({kind}, c={c})",
                 fmt(first[key]["direct_p50_ms"], ".2f"),
@@ -1098,6 +1127,9 @@ def main() -> int:
     ap.add_argument("--repo", default=str(REPO), help="checkout to serve the gateway from (default: this one)")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="K=V", help="extra env for the gateway")
     ap.add_argument("--only", default="throughput,latency", help="phases: throughput,latency (comma list)")
+    ap.add_argument(
+        "--kinds", default="unary,stream", help="throughput phase: unary, stream or both (comma list; default both)"
+    )
     ap.add_argument("--quick", action="store_true", help="short runs: about one minute per server")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--duration", type=float, default=10, help="seconds per closed-loop run (default 10)")
@@ -1142,6 +1174,11 @@ def main() -> int:
     if args.quick:
         args.duration, args.repeats, args.lat_duration, args.lat_repeats = 4, 2, 4, 1
     args.only = set(args.only.split(","))
+    if not set(args.kinds.split(",")) <= {"unary", "stream"}:
+        raise SystemExit("--kinds: unary, stream or both (comma list)")
+    args.kinds = [k for k in ("unary", "stream") if k in args.kinds.split(",")]
+    if args.profile_kinds and not set(args.profile_kinds.split(",")) <= set(SCENARIOS):
+        raise SystemExit(f"--profile-kinds: a comma list of {', '.join(SCENARIOS)}")
     args.profile_kinds = args.profile_kinds.split(",")
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if args.tracing:

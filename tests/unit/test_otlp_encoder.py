@@ -60,6 +60,19 @@ def test_fast_encoding_decodes_to_the_sdk_encoding():
         assert _normalized(ours) == _normalized(sdk)
 
 
+def test_spans_of_several_resources_and_scopes_are_grouped_as_the_sdk_groups_them():
+    spans = list(_spans())
+    other = TracerProvider(resource=Resource.create({"service.name": "other"}))
+    memory = InMemorySpanExporter()
+    other.add_span_processor(SimpleSpanProcessor(memory))
+    other.get_tracer("x", schema_url="https://opentelemetry.io/schemas/1.26.0").start_span("elsewhere").end()
+    mixed = spans[:2] + list(memory.get_finished_spans()) + spans[2:]  # not in group order
+    ours = ExportTraceServiceRequest.FromString(SpanEncoder().request(mixed))
+    assert len(ours.resource_spans) == 2 and sorted(len(rs.scope_spans) for rs in ours.resource_spans) == [1, 2]
+    sdk = ExportTraceServiceRequest.FromString(encode_spans(mixed).SerializeToString())
+    assert _normalized(ours) == _normalized(sdk)
+
+
 def _normalized(request: ExportTraceServiceRequest) -> list:
     """Order-independent view: (resource, scope, span) triples as canonical bytes."""
     out = []
