@@ -220,6 +220,23 @@ class Meter:
         }
 
 
+SPIN = """
+import os, sys
+os.sched_setaffinity(0, {int(sys.argv[1])})
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+while True:
+    pass
+"""
+
+
+def start_spinners(cores: list[int]) -> list[subprocess.Popen[bytes]]:
+    """--warm-cores: a busy loop at SCHED_IDLE priority on each core, so no core halts between requests. Any
+    runnable task preempts it at once; what it removes is the cost of waking a halted vCPU (see --help)."""
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN, str(core)]) for core in cores]
+    _STARTED.extend(procs)
+    return procs
+
+
 class RssSampler(threading.Thread):
     def __init__(self, pids: Callable[[], list[int]], every: float = 0.25) -> None:
         super().__init__(daemon=True)
@@ -654,7 +671,7 @@ class Bench:
             time.sleep(2)
 
     def rounds(
-        self, label: str, n: int, fn: Callable[[Gateway | None], dict[str, Any]]
+        self, label: str, n: int, fn: Callable[[Gateway | None], dict[str, Any]], check_load: bool = True
     ) -> dict[str, list[dict[str, Any]]]:
         """`n` rounds of (direct, each gateway), the gateways' order rotated from round to round (a run right
         after direct's was seen to fare differently); a run with foreign load is redone up to --retries times."""
@@ -664,9 +681,10 @@ class Bench:
             for gw in (None, *self.gateways[k:], *self.gateways[:k]):
                 name = gw.label if gw else "direct"
                 for attempt in range(self.args.retries + 1):
-                    self.wait_quiet()
+                    if check_load:  # (not with --warm-cores: the spinners keep every core busy)
+                        self.wait_quiet()
                     r = fn(gw)
-                    r["spoiled"] = not self.clean(r, gw is not None)
+                    r["spoiled"] = check_load and not self.clean(r, gw is not None)
                     if not r["spoiled"]:
                         break
                     log("    " + describe(label, name, r) + f"  SPOILED, redo ({attempt + 1}/{self.args.retries})")
@@ -717,8 +735,15 @@ class Bench:
             )
         for key, title, n, fn in phases:
             secs = a.duration if key.startswith("throughput") else a.lat_duration
-            log(f"  {title}: {n} rounds x (direct + {len(self.gateways)} gateway(s)) x {secs:g}s")
-            runs = self.rounds(key.replace("_", " "), n, fn)
+            warm = a.warm_cores and key.startswith("latency")
+            log(f"  {title}: {n} rounds x (direct + {len(self.gateways)} gateway(s)) x {secs:g}s" + WARM * warm)
+            spinners = start_spinners([a.gateway_core, a.load_core]) if warm else []
+            try:
+                runs = self.rounds(key.replace("_", " "), n, fn, check_load=not warm)
+            finally:
+                for proc in spinners:
+                    proc.kill()
+                    proc.wait()
             for gw in self.gateways:
                 out[gw.label][key] = {"direct": runs["direct"], "via": runs[gw.label]}
         if a.profile > 0:
@@ -799,6 +824,8 @@ class Bench:
             results[kind] = summary
         return results
 
+
+WARM = " (warm cores: SCHED_IDLE spinners on both cores)"
 
 TRACING = "+tracing"
 """Spec suffix: the same gateway with tracing on, OTLP/HTTP batch export to a loopback sink; every request
@@ -1081,7 +1108,8 @@ def markdown(summaries: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     lines.append("")
     lines.append(
-        f"Medians of {args.repeats} (throughput) / {args.lat_repeats} (latency) runs; throughput runs "
+        ("Latency measured with --warm-cores." + WARM + " " if args.warm_cores else "")
+        + f"Medians of {args.repeats} (throughput) / {args.lat_repeats} (latency) runs; throughput runs "
         f"{args.duration:g}s, latency runs {args.lat_duration:g}s. Runs spoiled by other tenants' CPU load "
         f"(> {args.max_foreign:.0%} on the load core, or on the gateway core for runs through it): "
         + ", ".join(spoiled)
@@ -1127,6 +1155,14 @@ def main() -> int:
     ap.add_argument("--repo", default=str(REPO), help="checkout to serve the gateway from (default: this one)")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="K=V", help="extra env for the gateway")
     ap.add_argument("--only", default="throughput,latency", help="phases: throughput,latency (comma list)")
+    ap.add_argument(
+        "--warm-cores",
+        action="store_true",
+        help="latency phases with a SCHED_IDLE busy loop on both cores, so no vCPU halts between requests. A "
+        "diagnostic: this machine's VM halts an idle vCPU without polling first (haltpoll.guest_halt_poll_ns=0), "
+        "and a request through the gateway wakes both cores more often than a direct one; the difference between "
+        "a run with and without this option is what those wakes cost (foreign-load checks are off)",
+    )
     ap.add_argument(
         "--kinds", default="unary,stream", help="throughput phase: unary, stream or both (comma list; default both)"
     )
