@@ -144,14 +144,14 @@ def end_server_span(span: Span, token: object, status: int, attributes: dict[str
 
 
 def trace_id_of(span: Span | None, headers: Iterable[tuple[bytes, bytes]] = ()) -> str | None:
-    """The request's trace id (hex): its span's, else the caller's `traceparent` one (tracing off)."""
+    """The request's trace id (hex): its span's, else (tracing off) the caller's `traceparent` one when that
+    header is valid by the same W3C rules a span continues it by (`spans.remote_parent`), else None."""
     if span is not None:
         return f"{span.get_span_context().trace_id:032x}"
     for name, value in headers:
         if name == b"traceparent":
-            parts = value.split(b"-")
-            if len(parts) >= 4 and len(parts[1]) == 32:
-                return parts[1].decode("latin-1").lower()
+            parent = spans.remote_parent(value.decode("latin-1"), None)
+            return f"{parent.trace_id:032x}" if parent is not None else None
     return None
 
 

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway import spans
+from gateway import spans, telemetry
 from gateway.otlp import SpanEncoder
 from gateway.span_batch import SpanBatcher
 from tests.unit.test_otlp_encoder import _normalized
@@ -316,3 +316,23 @@ def test_a_readable_span_made_by_hand_with_a_plain_dict_encodes_too():
     ours = ExportTraceServiceRequest.FromString(SpanEncoder().request([span]))
     sdk = ExportTraceServiceRequest.FromString(encode_spans([span]).SerializeToString())
     assert _normalized(ours) == _normalized(sdk)
+
+
+@pytest.mark.parametrize(
+    ("header", "logged"),
+    [
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),  # upper-case hex
+        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),  # version ff
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),  # all-zero trace id
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", None),  # all-zero parent id
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", None),  # version 00 has 4 fields
+        ("00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01", None),
+    ],
+)
+def test_the_logged_trace_id_with_tracing_off_is_the_callers_only_when_its_traceparent_is_valid(header, logged):
+    headers = [(b"host", b"x"), (b"traceparent", header.encode())]
+    assert telemetry.trace_id_of(None, headers) == logged
+    continued = spans.remote_parent(header, None)  # the same rule a span would continue it by
+    assert (f"{continued.trace_id:032x}" if continued else None) == logged
