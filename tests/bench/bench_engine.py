@@ -268,6 +268,9 @@ async def scrape(session: aiohttp.ClientSession, origin: str) -> dict[str, float
         return metric_sums(await response.text())
 
 
+GEN_TOKENS = ENGINE_FIGURES["gen_tokens"]
+
+
 def in_engine(sums: dict[str, float]) -> float:
     return sums.get("vllm:num_requests_running", 0.0) + sums.get("vllm:num_requests_waiting", 0.0)
 
@@ -293,10 +296,13 @@ class Run:
     errors: int = 0
     engine: EngineSide = field(default_factory=EngineSide)
     engine_load: list[float] = field(default_factory=list)
+    """Requests the engine held (running + waiting), sampled every second."""
+    engine_rate: list[float] = field(default_factory=list)
+    """Tokens the engine generated per second, second by second (how steady the engine itself was)."""
     cpu: dict[str, float] = field(default_factory=dict)
     """Cores kept busy over the window: gateway, bench (the load generator), engine, core0, core1."""
-    tcp_opens: int = 0
-    """TCP connections opened on this machine during the window."""
+    opens_per_request: float = 0.0
+    """TCP connections opened on this machine during the window, per request counted (all targets')."""
 
     @property
     def seconds(self) -> float:
@@ -321,10 +327,6 @@ class Run:
         """Time to the first content token of the requests that began inside the window."""
         w0, w1 = self.window
         return [d.first - d.began for d in self.done if w0 <= d.began < w1 and d.first is not None]
-
-    @property
-    def opens_per_request(self) -> float:
-        return self.tcp_opens / max(1, len(self.counted))
 
     def off_length(self, max_tokens: int) -> int:
         return sum(1 for d in self.counted if d.tokens != max_tokens)
@@ -364,48 +366,68 @@ class Load:
     stagger: bool = True
     watch: list[int] = field(default_factory=list)
 
-    async def run(self, name: str, base: str, gateway_pid: int) -> Run:
-        """`base`: where the requests go; `gateway_pid`: the escalade whose CPU is counted."""
-        run = Run(name)
-        ramp = self.latency_s if self.stagger else 0.0
-        t0 = time.perf_counter()
-        w0 = t0 + ramp + 0.2
-        w1 = w0 + self.seconds
-        run.window = (w0, w1)
-        url = f"{base}/chat/completions"
-        connector = aiohttp.TCPConnector(limit=self.concurrency)
-        timeout = aiohttp.ClientTimeout(total=120)
-        async with (
-            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            aiohttp.ClientSession(timeout=timeout) as probe,  # not a worker's connection slot
-        ):
+    async def run(self, targets: list[tuple[str, str, int]]) -> dict[str, Run]:
+        """Drive every target at once, --concurrency workers shared out evenly; one Run per target.
 
-            async def worker(i: int) -> None:
-                await asyncio.sleep(i * ramp / self.concurrency)
+        A target is (name, base URL, pid of the escalade whose CPU is counted, 0 for none). The engine's
+        figures are the same for all (one engine). Usually one target; --mixed gives all of them.
+        """
+        runs = {name: Run(name) for name, _, _ in targets}
+        each = self.concurrency // len(targets)
+        ramp = self.latency_s if self.stagger else 0.0
+        w0 = time.perf_counter() + ramp + 0.2
+        w1 = w0 + self.seconds
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with contextlib.AsyncExitStack() as stack:
+            probe = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))  # not a worker's slot
+            sessions = {
+                name: await stack.enter_async_context(
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=each), timeout=timeout)
+                )
+                for name, _, _ in targets
+            }
+
+            async def worker(slot: int, name: str, base: str) -> None:
+                await asyncio.sleep(slot * ramp / (each * len(targets)))  # the targets' workers interleave
                 while time.perf_counter() < w1:
-                    await one(session, url, self.body, run)
+                    await one(sessions[name], f"{base}/chat/completions", self.body, runs[name])
 
             async def watch() -> None:
                 await asyncio.sleep(w0 - time.perf_counter())
-                before, cpu0, opens0 = await scrape(probe, self.origin), self._cpu(gateway_pid), tcp_opens()
-                while (left := w1 - time.perf_counter()) > 0:
+                pids = [pid for _, _, pid in targets]
+                before, cpu0, opens0 = await scrape(probe, self.origin), self._cpu(pids), tcp_opens()
+                load, rate, last = [], [], (time.perf_counter(), before.get(GEN_TOKENS, 0.0))
+                while (left := w1 - time.perf_counter()) > 0.1:
                     await asyncio.sleep(min(1.0, left))
                     if time.perf_counter() < w1 - 0.1:
-                        run.engine_load.append(in_engine(await scrape(probe, self.origin)))
-                after, cpu1, opens1 = await scrape(probe, self.origin), self._cpu(gateway_pid), tcp_opens()
-                run.engine = EngineSide.between(before, after)
-                run.tcp_opens = opens1 - opens0
-                run.cpu = {k: (cpu1[k] - cpu0[k]) / (cpu1["wall"] - cpu0["wall"]) for k in cpu0 if k != "wall"}
+                        sums, now = await scrape(probe, self.origin), time.perf_counter()
+                        load.append(in_engine(sums))
+                        rate.append((sums.get(GEN_TOKENS, 0.0) - last[1]) / (now - last[0]))
+                        last = (now, sums.get(GEN_TOKENS, 0.0))
+                after, cpu1, opens1 = await scrape(probe, self.origin), self._cpu(pids), tcp_opens()
+                wall = cpu1["wall"] - cpu0["wall"]
+                cpu = {k: (cpu1[k] - cpu0[k]) / wall for k in cpu0 if k != "wall"}
+                for name, _, pid in targets:
+                    run = runs[name]
+                    run.window = (w0, w1)
+                    run.engine = EngineSide.between(before, after)
+                    run.engine_load, run.engine_rate = load, rate
+                    run.opens_per_request = (opens1 - opens0) / max(1, sum(len(r.counted) for r in runs.values()))
+                    run.cpu = {
+                        "gateway": cpu.get(f"pid{pid}", 0.0),
+                        **{k: v for k, v in cpu.items() if not k.startswith("pid")},
+                    }
 
-            await asyncio.gather(watch(), *(worker(i) for i in range(self.concurrency)))
+            slots = [(name, base) for i in range(each) for name, base, _ in targets]
+            await asyncio.gather(watch(), *(worker(n, name, base) for n, (name, base) in enumerate(slots)))
             await self._idle(probe)
-        return run
+        return runs
 
-    def _cpu(self, gateway_pid: int) -> dict[str, float]:
+    def _cpu(self, gateway_pids: list[int]) -> dict[str, float]:
         cores = core_busy_s()
         return {
             "wall": time.perf_counter(),
-            "gateway": cpu_s([gateway_pid]),
+            **{f"pid{pid}": cpu_s([pid]) for pid in gateway_pids if pid},
             "bench": own_cpu_s(),
             "engine": cpu_s(self.watch),
             **{f"core{n}": busy for n, busy in cores.items()},
@@ -436,7 +458,8 @@ def show(run: Run, max_tokens: int) -> None:
         f" p90 {pct(run.ttft, 90) * 1000:5.1f} mean {fmt(client_ttft, '5.1f')} ms"
         f" | engine: {fmt(e.finished, '.0f')} done, {fmt(e.gen_tokens_per_request, '.1f')} tok/req,"
         f" e2e {fmt(e.e2e_ms, '.1f')} TTFT {fmt(e.ttft_ms, '.1f')} queue {fmt(e.queue_ms, '.2f')} ms,"
-        f" {fmt(e.tokens_per_step, '.1f')} tok/step, holds {statistics.mean(run.engine_load or [0]):.1f}"
+        f" {fmt(e.tokens_per_step, '.1f')} tok/step, holds {statistics.mean(run.engine_load or [0]):.1f},"
+        f" {min(run.engine_rate or [0]):.0f}-{max(run.engine_rate or [0]):.0f} tok/s by the second"
         f" | CPU gateway {c.get('gateway', 0):.2f} bench {c.get('bench', 0):.2f} engine {c.get('engine', 0):.2f}"
         f" {cores} | {run.opens_per_request:.2f} TCP opens/req | {len(run.counted)} counted,"
         f" {run.off_length(max_tokens)} not {max_tokens} tokens, {run.errors} errors"
@@ -454,6 +477,12 @@ ROWS = [
     ("engine: e2e mean (ms)", lambda r: r.engine.e2e_ms, ".1f", "added"),
     ("engine: queue mean (ms)", lambda r: r.engine.queue_ms, ".2f", "added"),
     ("engine: tokens/step", lambda r: r.engine.tokens_per_step, ".2f", "ratio"),
+    (
+        "engine: slowest second / fastest",
+        lambda r: min(r.engine_rate) / max(r.engine_rate) if r.engine_rate and max(r.engine_rate) else None,
+        ".2f",
+        "",
+    ),
     ("engine: requests held", lambda r: statistics.mean(r.engine_load or [0]), ".2f", ""),
     ("engine: generated tokens / finished", lambda r: r.engine.gen_tokens_per_request, ".1f", ""),
     ("TCP connections opened/request", lambda r: r.opens_per_request, ".3f", ""),
@@ -493,7 +522,8 @@ def summarize(rounds: list[dict[str, Run]], names: list[str], args: argparse.Nam
     print(
         f"\nconcurrency {args.concurrency}, streaming, max_tokens {args.max_tokens}, ignore_eos {eos},"
         f" stagger {'on' if args.stagger else 'off'}, {len(rounds)} rounds of {args.seconds:g} s windows"
-        f" (order rotated each round), split cores: {args.split_cores}"
+        f" ({'all variants at once, --concurrency shared' if args.mixed else 'order rotated each round'}),"
+        f" split cores: {args.split_cores}"
     )
     head = "| | direct |" + "".join(f" {n} | {n} vs direct, per round: median [min-max] |" for n in vias)
     print("\n" + head)
@@ -617,6 +647,12 @@ def main() -> int:
         default=True,
         help="spread the workers' first requests over one request latency (else all start at once)",
     )
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="drive every variant at once (--concurrency shared out evenly) in each run: the same engine steps"
+        " serve both, so the engine's own drift cancels; compares what each relay adds per request",
+    )
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds of load each way before the first run")
     parser.add_argument(
         "--gateway-nice", type=int, default=0, help="run escalade at this niceness (negative: before the engine)"
@@ -695,7 +731,7 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         body = request_body(args.max_tokens, args.ignore_eos)
         load = Load(args.concurrency, args.warmup, body, origin, stagger=args.stagger, watch=engine_pids)
         for name, (base, pid) in targets.items():  # the first requests are slow; the pools fill
-            warm = asyncio.run(load.run(f"warm-up {name}", base, pid))
+            warm = asyncio.run(load.run([(f"warm-up {name}", base, pid)]))[f"warm-up {name}"]
             if warm.counted and name == "direct":
                 load.latency_s = statistics.median(d.ended - d.began for d in warm.counted)
         print(f"warm-up: {load.latency_s * 1000:.0f} ms per request direct; each run's workers start spread over that")
@@ -705,9 +741,12 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         for i in range(args.repeats):
             order = names[i % len(names) :] + names[: i % len(names)]  # each variant first in turn
             runs = {}
+            if args.mixed:
+                runs = asyncio.run(load.run([(name, *targets[name]) for name in order]))
+            else:
+                for name in order:
+                    runs.update(asyncio.run(load.run([(name, *targets[name])])))
             for name in order:
-                base, pid = targets[name]
-                runs[name] = asyncio.run(load.run(name, base, pid))
                 show(runs[name], args.max_tokens)
             rounds.append(runs)
         rss_after = group_rss_mib(record.pgid)
