@@ -413,9 +413,11 @@ class Load:
                     run.engine = EngineSide.between(before, after)
                     run.engine_load, run.engine_rate = load, rate
                     run.opens_per_request = (opens1 - opens0) / max(1, sum(len(r.counted) for r in runs.values()))
+                    drivers = sum(v for k, v in cpu.items() if k.startswith("pid")) + cpu["bench"]
                     run.cpu = {
                         "gateway": cpu.get(f"pid{pid}", 0.0),
                         **{k: v for k, v in cpu.items() if not k.startswith("pid")},
+                        "core0 other": cpu.get("core0", 0.0) - drivers,
                     }
 
             slots = [(name, base) for i in range(each) for name, base, _ in targets]
@@ -452,7 +454,7 @@ def fmt(value: float | None, spec: str) -> str:
 def show(run: Run, max_tokens: int) -> None:
     e, c = run.engine, run.cpu
     client_ttft = statistics.mean(run.ttft) * 1000 if run.ttft else None
-    cores = " ".join(f"{k} {v:.2f}" for k, v in sorted(c.items()) if k.startswith("core"))
+    cores = " ".join(f"{k} {v:.2f}" for k, v in sorted(c.items()) if k.startswith("core") and "other" not in k)
     print(
         f"  {run.name:10} {run.rps:6.2f} req/s {run.tps:7.1f} tok/s  TTFT p50 {pct(run.ttft, 50) * 1000:5.1f}"
         f" p90 {pct(run.ttft, 90) * 1000:5.1f} mean {fmt(client_ttft, '5.1f')} ms"
@@ -491,8 +493,8 @@ ROWS = [
     ("CPU engine (cores)", lambda r: r.cpu.get("engine"), ".3f", ""),
     ("core 0 busy", lambda r: r.cpu.get("core0"), ".3f", ""),
     (
-        "core 0 other (not escalade, not the load)",
-        lambda r: r.cpu.get("core0", 0) - r.cpu.get("gateway", 0) - r.cpu.get("bench", 0),
+        "core 0 other (not the escalades driven, not the load)",
+        lambda r: r.cpu.get("core0 other"),
         ".3f",
         "",
     ),
