@@ -546,6 +546,10 @@ def summarize(rounds: list[dict[str, Run]], names: list[str], args: argparse.Nam
             f"bar for {n} (req/s and tok/s >= 97% of direct, TTFT p50 added < 2 ms; medians of the rounds): "
             f"{100 * rps:.1f}%, {100 * tps:.1f}%, {ttft:+.2f} ms -> {'met' if met else 'NOT met'}"
         )
+        ratios = [100 * r[n].tps / r["direct"].tps for r in rounds]
+        if len(ratios) > 1:
+            spread = 2 * statistics.stdev(ratios) / len(ratios) ** 0.5
+            print(f"  {n}/direct tok/s, mean of the rounds: {statistics.mean(ratios):.1f}% +- {spread:.1f} (2 SE)")
     runs = [run for r in rounds for run in r.values()]
     off = sum(run.off_length(args.max_tokens) for run in runs)
     print(f"requests not exactly {args.max_tokens} tokens (client usage): {off} of {sum(len(x.counted) for x in runs)}")
