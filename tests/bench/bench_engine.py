@@ -372,11 +372,11 @@ class Load:
         A target is (name, base URL, pid of the escalade whose CPU is counted, 0 for none). The engine's
         figures are the same for all (one engine). Usually one target; --mixed gives all of them.
         """
-        runs = {name: Run(name) for name, _, _ in targets}
         each = self.concurrency // len(targets)
         ramp = self.latency_s if self.stagger else 0.0
         w0 = time.perf_counter() + ramp + 0.2
         w1 = w0 + self.seconds
+        runs = {name: Run(name, window=(w0, w1)) for name, _, _ in targets}
         timeout = aiohttp.ClientTimeout(total=120)
         async with contextlib.AsyncExitStack() as stack:
             probe = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))  # not a worker's slot
@@ -409,7 +409,6 @@ class Load:
                 cpu = {k: (cpu1[k] - cpu0[k]) / wall for k in cpu0 if k != "wall"}
                 for name, _, pid in targets:
                     run = runs[name]
-                    run.window = (w0, w1)
                     run.engine = EngineSide.between(before, after)
                     run.engine_load, run.engine_rate = load, rate
                     run.opens_per_request = (opens1 - opens0) / max(1, sum(len(r.counted) for r in runs.values()))
