@@ -8,27 +8,32 @@ engine, and measures:
      engine's memory (RSS summed over its process group) when ready and after the load;
   2. closed-loop load at --concurrency (16), streaming chat requests with include_usage (max_tokens
      --max-tokens, temperature 0.7, and vLLM's `ignore_eos` so that every request generates exactly
-     --max-tokens tokens), direct to vLLM vs through escalade, in pairs whose order alternates
-     (direct,via / via,direct), --repeats pairs. Each run starts its workers staggered over one
-     request latency (so that they do not finish in lockstep) and counts the requests that end inside
-     a --seconds window once all are running; the drain after it is not counted, and the next run
-     waits until the engine is idle. Per run: requests/s, output tokens/s, time to first content token
-     (p50 / p90) on the client, and, from vLLM's own /metrics differenced over the window, what the
-     engine did (requests finished, tokens per request, mean end-to-end / first-token / queue time,
-     tokens per engine step): when those match both ways and the client's figures do not, the
-     difference is the relay.
-  3. CPU: escalade's, the load generator's (this process), the engine's, and each core's busy
-     fraction, so a saturated core (noise, not escalade) shows.
+     --max-tokens tokens), direct to vLLM vs through escalade, --repeats rounds of one run each,
+     the order rotated each round. Each run starts its workers staggered over one request latency
+     (so that they do not finish in lockstep) and counts the requests that end inside a --seconds
+     window once all are running; the drain after it is not counted, and the next run waits until
+     the engine is idle. Per run: requests/s, output tokens/s, time to first content token (p50 / p90)
+     on the client, and, from vLLM's own /metrics differenced over the window, what the engine did
+     (requests finished, tokens per request, mean end-to-end / first-token / queue time, tokens per
+     engine step, tokens per second second by second);
+  3. CPU: escalade's, the load generator's (this process), the engine's, each core's busy fraction,
+     and what else ran on core 0; TCP connections opened per request.
 
-The summary gives the medians of each side and the per-pair ratios (via_i / direct_i) with their
-median and range, the figure that drift between pairs does not move.
+The summary gives the medians of each variant and the per-round ratios (via_i / direct_i) with their
+median and range, which slow drift between rounds does not move.
+
+--mixed drives every variant at once in each run (--concurrency shared out evenly, the workers of each
+interleaved): the same engine steps serve both, so the engine's own swings (on a shared VM its speed
+moves by +-25% within a minute: see the per-second figures) cancel, and the per-round ratio is what
+the relay adds per request. --also CHECKOUT adds escalade from another copy of the repo, on the same
+engine, as a third variant (e.g. a scratch copy with a patch applied).
 
 Everything runs on this machine. --split-cores gives the engine core 1 and escalade + the load
 generator core 0 (the engine's throughput is then the engine's alone, and escalade's cost shows as
 its latency and CPU). Every process started is stopped at exit.
 
     ESCALADE_VLLM_VENV=/tmp/escalade-vllm/venv-... ESCALADE_TINY_MODEL=/tmp/escalade-vllm/tiny-mixtral \\
-        python tests/bench/bench_engine.py --split-cores [--seconds 20] [--repeats 6]
+        python tests/bench/bench_engine.py --split-cores [--mixed] [--seconds 20] [--repeats 6]
 
 --capture needs no engine: it sends the bench's request once directly and once through escalade to a
 loopback server standing in for vLLM, and prints both as received (head and body).
@@ -742,6 +747,9 @@ def bench(args: argparse.Namespace, work: Path) -> int:
         print(f"warm-up: {load.latency_s * 1000:.0f} ms per request direct; each run's workers start spread over that")
         load.seconds = args.seconds
         names = list(targets)
+        if args.mixed and args.concurrency % len(names):
+            used = args.concurrency // len(names) * len(names)
+            print(f"--mixed: {args.concurrency} workers do not share out evenly over {len(names)}: {used} used")
         rounds: list[dict[str, Run]] = []
         for i in range(args.repeats):
             order = names[i % len(names) :] + names[: i % len(names)]  # each variant first in turn
