@@ -383,6 +383,7 @@ async def event_stream(
     however the caller stops reading (which cancels the upstream's work).
     """
     request = attempt_request(client, path, body, call)
+    last: list[bytes] = [b""]
     headers_by = min(call.deadline, time.monotonic() + call.timeouts.headers_s)
     try:
         async with asyncio.timeout_at(loop_deadline(headers_by)):
@@ -398,10 +399,23 @@ async def event_stream(
             raise _non_200(response.status_code, response.headers, body, provider, error_for)
         if not response.headers.get("content-type", "").startswith("text/event-stream"):
             raise not_a_stream(await read_capped(response))
-        yield aiter_sse(response.aiter_bytes())
+        yield _noting_last(aiter_sse(response.aiter_bytes()), last)
     except httpx.ReadTimeout:
         raise _went_silent(call, provider, "no data from upstream") from None
     except httpx.HTTPError as exc:
         raise error_from_transport(exc, provider=provider) from None
     finally:
+        finish = getattr(response.stream, "finish", None)
+        if last[0] == b"[DONE]" and finish is not None:  # the answer is over: keep the connection if it can be
+            finish(FINISH_GRACE_S)
         await response.aclose()
+
+
+FINISH_GRACE_S = 1.0
+"""After [DONE], how long the end of the HTTP message may take before the connection is closed instead of reused."""
+
+
+async def _noting_last(events: AsyncIterator[bytes], last: list[bytes]) -> AsyncIterator[bytes]:
+    async for data in events:
+        last[0] = data
+        yield data

@@ -10,7 +10,8 @@ What it guarantees, because the gateway's semantics rest on it:
 - a body that ends before its Content-Length or its last chunk raises `httpx.RemoteProtocolError`
   (a cut answer must never look complete); so does a connection closed before a response;
 - closing a response whose body was not read to the end closes the connection (the upstream sees the
-  disconnect and stops generating); only a fully read keep-alive response returns it to the pool;
+  disconnect and stops generating); only a fully read keep-alive response returns it to the pool, or
+  one the caller `finish`ed (it knows the answer is over) whose end arrives within a grace period;
 - redirects are never followed (this layer does not know what one is);
 - timeouts: `connect` bounds opening a connection (TLS included), `read` bounds each wait for bytes
   (the idle gap), `pool` bounds waiting for a free connection slot.
@@ -41,6 +42,7 @@ class _Connection(asyncio.Protocol):
         self.lost = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
+        self._lingering: tuple[H1Transport, asyncio.TimerHandle] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -76,6 +78,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self._lingering is not None:
+            self._end_linger(reuse=False)
+            return
         if not self.busy or self.complete or self.error is not None:
             self._wake()
             return
@@ -106,6 +111,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._lingering is not None:  # body after the caller knew the answer was over: do not trust it
+            self._end_linger(reuse=False)
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
@@ -118,6 +126,9 @@ class _Connection(asyncio.Protocol):
             return
         self.keep_alive = self.parser.should_keep_alive()  # (llhttp forgets it once the message is over)
         self.complete = True
+        if self._lingering is not None:
+            self._end_linger(reuse=True)
+            return
         self._wake()
 
     # ------------------------------------------------ the reader's side
@@ -130,7 +141,24 @@ class _Connection(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         if self.error is None:
             self.error = error
+        if self._lingering is not None:
+            self._end_linger(reuse=False)
+            return
         self._wake()
+
+    def linger(self, pool: "H1Transport", grace_s: float) -> None:
+        """The caller is done with a response whose last bytes (the end of its framing) may still be in
+        flight: back to `pool` when the message completes within `grace_s`, closed on anything else."""
+        timer = asyncio.get_running_loop().call_later(grace_s, self._end_linger, False)
+        self._lingering = (pool, timer)
+
+    def _end_linger(self, reuse: bool) -> None:
+        if self._lingering is None:
+            return
+        pool, timer = self._lingering
+        self._lingering = None
+        timer.cancel()
+        pool.release(self, reuse=reuse)
 
     async def wait(self, timeout: float | None, what: str) -> None:
         """Wait for the next parser event; `timeout` seconds without one is httpx.ReadTimeout."""
@@ -204,6 +232,19 @@ class _Body(httpx.AsyncByteStream):
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool.release(conn, reuse=reuse)
+
+    def finish(self, grace_s: float) -> None:
+        """The caller knows the answer is over (an SSE stream's [DONE]) though the body may not have ended:
+        the connection is kept for reuse if the rest of the message (e.g. the last chunk of a chunked body,
+        which servers such as uvicorn write separately) arrives within `grace_s` and carries no more body;
+        otherwise it is closed. Without this, every such stream would cost a new connection."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if conn.complete or conn.error is not None or conn.lost or conn.chunks:
+            self._pool.release(conn, reuse=True)  # (reused only when `reusable`)
+            return
+        conn.linger(self._pool, grace_s)
 
     async def aclose(self) -> None:
         # Unread body left: the upstream may still be generating; closing the connection stops it.

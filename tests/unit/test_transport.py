@@ -257,3 +257,57 @@ async def test_a_closed_transport_refuses_new_requests():
         await c.aclose()
         with pytest.raises(httpx.ConnectError):
             await transport.handle_async_request(httpx.Request("POST", f"http://127.0.0.1:{up.port}/"))
+
+
+def sse_then_end(gap_s: float | None, after_done: bytes = b"0\r\n\r\n") -> Callable[..., Awaitable[bool]]:
+    """A chunked SSE answer whose last chunk (`after_done`) comes `gap_s` after [DONE], as uvicorn writes it
+    (None: it never comes; the server waits for the next request)."""
+
+    async def answer(head: bytes, _body: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for event in (b'data: {"n":1}\n\n', b"data: [DONE]\n\n"):
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+        if gap_s is not None:
+            await asyncio.sleep(gap_s)
+            writer.write(after_done)
+            await writer.drain()
+        return True
+
+    return answer
+
+
+async def read_until_done(c: httpx.AsyncClient, grace_s: float = 1.0) -> None:
+    """As the OpenAI-compatible adapter reads: up to [DONE], then `finish` (the answer is over)."""
+    request = c.build_request("POST", "/v1/x", content=b"{}")
+    response = await c._transport.handle_async_request(request)  # as UpstreamClient.send_direct: no httpx wrapper
+    seen = b""
+    async for piece in response.aiter_bytes():
+        seen += piece
+        if b"data: [DONE]\n\n" in seen:
+            break
+    response.stream.finish(grace_s)  # type: ignore[attr-defined]
+    await response.aclose()
+
+
+async def test_a_finished_stream_whose_last_chunk_comes_late_keeps_its_connection():
+    async with upstream(sse_then_end(0.05)) as up, client(up) as c:
+        for _ in range(4):
+            await read_until_done(c)
+            await asyncio.sleep(0.1)  # the last chunk arrives while the connection waits for it
+        assert up.connections == 1
+
+
+async def test_a_finished_stream_that_sends_more_body_is_closed_not_reused():
+    more = b"5\r\nextra\r\n0\r\n\r\n"
+    async with upstream(sse_then_end(0.02, more)) as up, client(up) as c:
+        await read_until_done(c)
+        await asyncio.wait_for(up.closed_by_client.wait(), 2)
+        await read_until_done(c)
+        assert up.connections == 2
+
+
+async def test_a_finished_stream_whose_end_never_comes_is_closed_after_the_grace_period():
+    async with upstream(sse_then_end(None)) as up, client(up) as c:
+        await read_until_done(c, grace_s=0.1)
+        await asyncio.wait_for(up.closed_by_client.wait(), 2)
