@@ -156,11 +156,12 @@ def json_client(
 # ---------------------------------------------------------------- SSE
 
 
-async def aiter_sse(byte_stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def aiter_sse(byte_stream: AsyncIterator[bytes], last: list[bytes] | None = None) -> AsyncIterator[bytes]:
     """Yield the `data` payload of each server-sent event (multi-line data joined with newlines).
 
     Comments and events without data are skipped. A last event not followed by a blank line is
-    still yielded: the JSON decoder above rejects it if it was cut.
+    still yielded: the JSON decoder above rejects it if it was cut. `last[0]`, when given, is the
+    payload yielded last (how the caller learns the stream ended with [DONE]).
     """
     buf = b""
     async for piece in byte_stream:
@@ -174,10 +175,14 @@ async def aiter_sse(byte_stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             event, buf = buf[:end], buf[end + 2 :]
             data = _event_data(event)
             if data is not None:
+                if last is not None:
+                    last[0] = data
                 yield data
     if buf.strip():
         data = _event_data(buf.rstrip(b"\n"))
         if data is not None:
+            if last is not None:
+                last[0] = data
             yield data
 
 
@@ -399,7 +404,7 @@ async def event_stream(
             raise _non_200(response.status_code, response.headers, body, provider, error_for)
         if not response.headers.get("content-type", "").startswith("text/event-stream"):
             raise not_a_stream(await read_capped(response))
-        yield _noting_last(aiter_sse(response.aiter_bytes()), last)
+        yield aiter_sse(response.aiter_bytes(), last)
     except httpx.ReadTimeout:
         raise _went_silent(call, provider, "no data from upstream") from None
     except httpx.HTTPError as exc:
@@ -413,9 +418,3 @@ async def event_stream(
 
 FINISH_GRACE_S = 1.0
 """After [DONE], how long the end of the HTTP message may take before the connection is closed instead of reused."""
-
-
-async def _noting_last(events: AsyncIterator[bytes], last: list[bytes]) -> AsyncIterator[bytes]:
-    async for data in events:
-        last[0] = data
-        yield data

@@ -311,3 +311,37 @@ async def test_a_finished_stream_whose_end_never_comes_is_closed_after_the_grace
     async with upstream(sse_then_end(None)) as up, client(up) as c:
         await read_until_done(c, grace_s=0.1)
         await asyncio.wait_for(up.closed_by_client.wait(), 2)
+
+
+async def test_event_stream_finishes_a_stream_that_ended_with_done_and_keeps_its_connection():
+    """The wiring the adapters use: `event_stream` sees [DONE] go by and hands the connection back."""
+    import time
+
+    from providers._http import event_stream, json_client
+    from providers.base import Call, Timeouts
+
+    async with upstream(sse_then_end(0.05)) as up:
+        c = json_client(f"http://127.0.0.1:{up.port}", {}, Timeouts())
+        try:
+            for n in range(3):
+                call = Call(request_id=f"r{n}", upstream_model="m", timeouts=Timeouts(), deadline=time.monotonic() + 5)
+                opened = event_stream(
+                    c,
+                    "/v1/x",
+                    b"{}",
+                    call,
+                    provider="p",
+                    error_for=None,
+                    not_a_stream=None,  # type: ignore[arg-type]
+                )
+                async with opened as events:
+                    seen = []
+                    async for data in events:
+                        seen.append(data)
+                        if data == b"[DONE]":
+                            break  # as the adapters stop: the body's last chunk has not arrived yet
+                    assert seen == [b'{"n":1}', b"[DONE]"]
+                await asyncio.sleep(0.1)  # the last chunk arrives while the connection waits for it
+        finally:
+            await c.aclose()
+        assert up.connections == 1
