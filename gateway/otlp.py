@@ -114,6 +114,13 @@ def _framed(tag: bytes, body: bytes) -> bytes:
     return tag + _varint(n) + body
 
 
+def _repeated(parts: list[bytes], field: int, messages: Iterable[bytes], dropped_field: int, dropped: int) -> None:
+    """A repeated message `field`, then its dropped count (a varint `dropped_field`) when any was dropped."""
+    parts.extend(_bytes_field(field, message) for message in messages)
+    if dropped:
+        parts.append(_key(dropped_field, 0) + _varint(dropped))
+
+
 class SpanEncoder:
     """ReadableSpans -> ExportTraceServiceRequest bytes. Not thread-safe: one per exporter (the batch
     processor exports from one thread).
@@ -304,19 +311,12 @@ class SpanEncoder:
         return self._block(status, lambda s: _STATUS_BY_ID[id(s.status_code)])
 
     def _events_and_links(self, span: ReadableSpan) -> bytes:
-        parts = []
-        events = span._events
-        if events:
-            for event in events:
-                parts.append(_bytes_field(11, self.event(event)))
-            if span.dropped_events:
-                parts.append(_key(12, 0) + _varint(span.dropped_events))
-        links = span._links
-        if links:
-            for link in links:
-                parts.append(_bytes_field(13, self.link(link)))
-            if span.dropped_links:
-                parts.append(_key(14, 0) + _varint(span.dropped_links))
+        """Span.events (11) and dropped_events_count (12), Span.links (13) and dropped_links_count (14)."""
+        parts: list[bytes] = []
+        if span._events:
+            _repeated(parts, 11, map(self.event, span._events), 12, span.dropped_events)
+        if span._links:
+            _repeated(parts, 13, map(self.link, span._links), 14, span.dropped_links)
         return b"".join(parts)
 
     def event(self, event: Any) -> bytes:

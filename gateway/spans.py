@@ -116,6 +116,14 @@ def _context(trace_id: int, span_id: int, flags: TraceFlags, state: TraceState |
     return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state or _DEFAULT_STATE, True))
 
 
+def _nonzero_bits(bits: int) -> int:
+    """A random id of `bits` bits that is not 0 (an invalid id), as the SDK's RandomIdGenerator makes them."""
+    while True:
+        value = _getrandbits(bits)
+        if value:
+            return value
+
+
 _NOOP_STARTS = frozenset({SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start})
 
 
@@ -156,20 +164,10 @@ class Tracing:
         self.ends = tuple(p.on_end for p in current)
 
     def trace_id(self) -> int:
-        if self.random_ids:
-            while True:
-                value = _getrandbits(128)
-                if value:
-                    return value
-        return int(self.ids.generate_trace_id())
+        return _nonzero_bits(128) if self.random_ids else int(self.ids.generate_trace_id())
 
     def span_id(self) -> int:
-        if self.random_ids:
-            while True:
-                value = _getrandbits(64)
-                if value:
-                    return value
-        return int(self.ids.generate_span_id())
+        return _nonzero_bits(64) if self.random_ids else int(self.ids.generate_span_id())
 
     def start(
         self,
