@@ -77,8 +77,8 @@ def _report(route: str, steps: list[Step], step: Step) -> None:
         if step.score is not None:
             event["escalade.gate.score"] = step.score
             span.set_attribute("escalade.gate.score", step.score)
-        event["escalade.gate.failed_checks"] = list(step.failed)
-        span.set_attribute("escalade.gate.failed_checks", list(step.failed))
+        event["escalade.gate.failed_checks"] = tuple(step.failed)
+        span.set_attribute("escalade.gate.failed_checks", tuple(step.failed))
     span.add_event("escalade.cascade.rung", event)
     span.set_attribute("escalade.escalations", escalations(steps))
     span.set_attribute("escalade.escalated", escalations(steps) > 0)

@@ -282,7 +282,7 @@ class AttemptScope:
         _usage_attributes(attributes, getattr(result, "usage", None), self.req, self.deployment)
         choices = getattr(result, "choices", None)
         if choices:
-            reasons = [c.finish_reason for c in choices if c.finish_reason]
+            reasons = tuple([c.finish_reason for c in choices if c.finish_reason])
             if reasons:
                 attributes["gen_ai.response.finish_reasons"] = reasons
             rec = self.req.record
@@ -333,6 +333,26 @@ def attempt_span(
         return NO_ATTEMPT
     if rec is None and not telemetry.tracing_active():
         return NO_ATTEMPT
+    key = (req.operation, req.plan.route, candidate.name, candidate.rung, number)
+    head = runtime.span_heads.get(key)
+    if head is None:
+        head = _attempt_head(req, candidate, number)
+        if len(runtime.span_heads) < 4096:
+            runtime.span_heads[key] = head
+    attributes = dict(head)
+    if retry_reason:
+        attributes["escalade.retry.reason"] = retry_reason
+    if rec is not None and rec.prompt is not None:
+        attributes["gen_ai.input.messages"] = rec.prompt
+    span, token = telemetry.start_attempt_span(
+        req.operation, candidate.model.model, attributes, headers if propagate else None
+    )
+    return AttemptScope(req, candidate.name, span, token)
+
+
+def _attempt_head(req: "Dispatch", candidate: "Candidate", number: int) -> dict[str, Any]:
+    """The attributes an attempt span starts with that follow from the policy and the attempt alone."""
+    runtime = req.runtime
     model = candidate.model
     conf = runtime.provider_confs.get(model.provider)
     kind = type(conf).__struct_config__.tag if conf is not None else None  # type: ignore[attr-defined]
@@ -352,12 +372,7 @@ def attempt_span(
         attributes["server.address"], attributes["server.port"] = server
     if candidate.rung:
         attributes["escalade.rung"] = candidate.rung
-    if retry_reason:
-        attributes["escalade.retry.reason"] = retry_reason
-    if rec is not None and rec.prompt is not None:
-        attributes["gen_ai.input.messages"] = rec.prompt
-    span, token = telemetry.start_attempt_span(req.operation, model.model, attributes, headers if propagate else None)
-    return AttemptScope(req, candidate.name, span, token)
+    return attributes
 
 
 def note_retry(req: "Dispatch", candidate: "Candidate", step: "Step", attempt: int, counter: Any) -> None:
@@ -509,7 +524,7 @@ def _end_stream_span(
     if isinstance(watch, StreamWatch):
         reasons = watch.finish_reasons
         if reasons:
-            attributes["gen_ai.response.finish_reasons"] = reasons
+            attributes["gen_ai.response.finish_reasons"] = tuple(reasons)
         if watch.text is not None:
             message = {"role": "assistant", "content": "".join(watch.text), "finish_reason": next(iter(reasons), None)}
             attributes["gen_ai.output.messages"] = encode([message]).decode()

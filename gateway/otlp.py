@@ -20,6 +20,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 log = logging.getLogger("escalade.otlp")
 
@@ -136,6 +137,8 @@ class SpanEncoder:
         self._texts: collections.defaultdict[int, dict[str, dict[Any, bytes]]] = collections.defaultdict(dict)
         self._ints: collections.defaultdict[int, dict[str, dict[int, bytes]]] = collections.defaultdict(dict)
         self._floats: collections.defaultdict[int, dict[str, bytes]] = collections.defaultdict(dict)
+        self._fields: dict[int, tuple[Any, Any, Any, bytes]] = {}
+        """field -> its three caches above and its tag, found with one lookup."""
         self._cached = 0
         self._flags: dict[tuple[int, str, bool], bytes] = {}
         self._heads: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
@@ -183,10 +186,10 @@ class SpanEncoder:
         return block + self._pairs(9, islice(attributes.items(), head, None))
 
     def _pairs(self, field: int, items: Iterable[tuple[str, Any]]) -> bytes:
-        texts = self._texts[field]
-        ints = self._ints[field]
-        floats = self._floats[field]
-        tag = _key(field, 2)
+        caches = self._fields.get(field)
+        if caches is None:
+            caches = self._fields[field] = (self._texts[field], self._ints[field], self._floats[field], _key(field, 2))
+        texts, ints, floats, tag = caches
         out = []
         append = out.append
         for key, value in items:
@@ -240,6 +243,7 @@ class SpanEncoder:
         if self._cached >= self._cache_size:  # token counts, costs...: start over rather than grow
             self._texts.clear()
             self._ints.clear()
+            self._fields.clear()
             self._cached = 0
         values = cache.get(key)
         if values is None:
@@ -266,7 +270,7 @@ class SpanEncoder:
         trace_id, span_id, _, _, state, _ = span._context
         parent = span._parent
         ids = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")  # 1, 2
-        if state:
+        if state is not DEFAULT_TRACE_STATE and state:  # the shared empty one: no call to TraceState.__len__
             ids += _str_field(3, ",".join(f"{k}={v}" for k, v in state.items()))
         if parent is not None:
             ids += b"\x22\x08" + parent[1].to_bytes(8, "big")  # 4: parent_span_id
@@ -285,6 +289,8 @@ class SpanEncoder:
         if span._events or span._links:
             encoded += self._events_and_links(span)
         status = span._status
+        entry = self._blocks.get(id(status))
+        status_bytes = entry[1] if entry is not None and entry[0] is status else self._status(status)
         body = b"".join(
             (
                 ids,
@@ -292,7 +298,7 @@ class SpanEncoder:
                 _KINDS[id(span._kind)],  # 6: kind (by identity: an enum member hashes in Python)
                 _TIMES.pack(0x39, span._start_time or 0, 0x41, span._end_time or 0),  # 7, 8: start, end
                 encoded,  # 9 (10, 11, 12, 13, 14)
-                self._status(status) if status is not None else b"",  # 15
+                status_bytes,  # 15
                 _FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL,  # 16: flags, is_remote
             )
         )
@@ -302,10 +308,10 @@ class SpanEncoder:
         return _framed(b"\x12", body)
 
     def _status(self, status: Any) -> bytes:
-        """Span.status (15); the same Status object (gateway/spans.py shares the unset one) encodes once."""
-        entry = self._blocks.get(id(status))
-        if entry is not None and entry[0] is status:
-            return entry[1]
+        """Span.status (15); the same Status object (gateway/spans.py shares the unset one) encodes once
+        (`span` looks it up in `_blocks` itself)."""
+        if status is None:
+            return b""
         if status.description:
             return _bytes_field(15, _str_field(2, status.description) + _STATUS_CODES[status.status_code])
         return self._block(status, lambda s: _STATUS_BY_ID[id(s.status_code)])

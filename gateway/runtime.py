@@ -27,6 +27,9 @@ class Runtime:
     provider_confs: dict[str, object]
     keys: tuple[KeyConf, ...]
     loaded_at: float = field(default_factory=time.time)
+    span_heads: dict[tuple[object, ...], dict[str, object]] = field(default_factory=dict, compare=False)
+    """Memo of gateway/instrument.py: the attributes an attempt span starts with, which follow from this
+    policy and the attempt's operation, route, deployment, rung and number alone."""
 
 
 def policy_version(text: bytes) -> str:

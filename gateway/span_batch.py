@@ -92,7 +92,7 @@ class SpanBatcher(SpanProcessor):
             self._thread = self._start_thread()
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._stopped or not span.context.trace_flags & 1:  # TraceFlags.SAMPLED
+        if self._stopped or not span._context[3] & 1:  # SpanContext is a tuple: [3] is trace_flags; 1 SAMPLED
             return
         queue = self._queue
         if len(queue) >= self.max_queue_size:

@@ -178,7 +178,8 @@ def routing_span(
         attributes["escalade.strategy"] = strategy
     if skipped:
         attributes["escalade.skipped"] = tuple(f"{name}: {why}" for name, why in skipped)
-    span = _spans().start(f"route {route}", _INTERNAL, attributes, _parent(), start_ns)
+    tracing, parent = spans.current_parent()
+    span = (tracing or _spans()).start(f"route {route}", _INTERNAL, attributes, parent, start_ns)
     if error is not None:
         span.set_attribute("error.type", getattr(error, "kind", type(error).__name__))
         span.set_status(Status(_ERROR, _describe(error)))
@@ -195,15 +196,11 @@ def start_attempt_span(
     headers: dict[str, str] | None,
 ) -> tuple[Span, object]:
     """Start one attempt's CLIENT span and make it current; inject `traceparent` into `headers` if given."""
-    span = _spans().start(f"{operation} {upstream_model}", _CLIENT, attributes, _parent())
+    tracing, parent = spans.current_parent()
+    span = (tracing or _spans()).start(f"{operation} {upstream_model}", _CLIENT, attributes, parent)
     if headers is not None:
         spans.traceparent(span.get_span_context(), headers)
     return span, spans.enter(span)
-
-
-def _parent() -> Any:
-    span = spans.current()
-    return span.get_span_context() if span is not None else None
 
 
 def inject(span: Span, headers: dict[str, str]) -> None:
