@@ -11,6 +11,7 @@ Tests decode what this encoder writes with opentelemetry-proto and compare it wi
 
 import collections
 import logging
+import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
@@ -44,6 +45,22 @@ _STATUS_BY_ID = {id(code): _STATUSES[body] for code, body in _STATUS_CODES.items
 
 
 _SMALL = [bytes((n,)) for n in range(128)]
+
+
+def _native_encoder() -> Any:
+    """The compiled `encode_span` (gateway/_otlp_span.c, built by `pip install` when a C compiler is there),
+    or None: not built, or ESCALADE_OTLP_NATIVE=0 (same bytes either way; the switch is for comparing)."""
+    if os.environ.get("ESCALADE_OTLP_NATIVE", "1").strip() == "0":
+        return None
+    try:
+        from gateway import _otlp_span  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _otlp_span.configure(DEFAULT_TRACE_STATE, tuple(SpanKind), (StatusCode.UNSET, StatusCode.OK, StatusCode.ERROR))
+    return _otlp_span.encode_span
+
+
+_encode_native = _native_encoder()
 
 
 def _varint(value: int) -> bytes:
@@ -131,7 +148,7 @@ class SpanEncoder:
     what is new per span is ids, times and numbers.
     """
 
-    def __init__(self, cache_size: int = 4096) -> None:
+    def __init__(self, cache_size: int = 4096, *, native: bool = True) -> None:
         # field -> key -> value -> the whole framed KeyValue; texts (and tuples of texts) apart from ints, as
         # a flag or a float equal to an int (True == 1 == 1.0) must not find the int's bytes
         self._texts: collections.defaultdict[int, dict[str, dict[Any, bytes]]] = collections.defaultdict(dict)
@@ -148,6 +165,7 @@ class SpanEncoder:
         self._blocks: dict[int, tuple[Any, bytes]] = {}
         """id(resource or scope) -> (it, its encoded message): both live as long as their provider/tracer."""
         self._cache_size = cache_size
+        self.native = _encode_native if native else None
 
     def _key_bytes(self, key: str) -> bytes:
         name = self._keys.get(key)
@@ -265,7 +283,12 @@ class SpanEncoder:
             return b""
 
     def span(self, span: ReadableSpan) -> bytes:
-        """One Span message, framed as ScopeSpans.spans (field 2)."""
+        """One Span message, framed as ScopeSpans.spans (field 2): the compiled encoder's bytes when it takes
+        the span (the usual case for gateway/spans.py's spans), else the same bytes written here."""
+        if self.native is not None:
+            data = self.native(span)
+            if data is not None:
+                return data
         # the SDK's fields, read directly (each public property costs a call); a SpanContext is a tuple
         trace_id, span_id, _, _, state, _ = span._context
         parent = span._parent
@@ -368,6 +391,7 @@ class SpanEncoder:
         """The ExportTraceServiceRequest for `spans`, grouped by resource, then instrumentation scope."""
         groups: dict[tuple[int, int], tuple[Any, Any, list[bytes]]] = {}  # by identity: Resource hashes slowly
         encode = self.span
+        native = self.native
         last_resource = last_scope = None
         encoded: list[bytes] = []
         for span in spans:
@@ -377,7 +401,8 @@ class SpanEncoder:
                 if group is None:
                     group = groups[(id(resource), id(scope))] = (resource, scope, [])
                 last_resource, last_scope, encoded = resource, scope, group[2]
-            encoded.append(encode(span))
+            data = native(span) if native is not None else None  # the compiled encoder first, without a call here
+            encoded.append(data if data is not None else encode(span))
         return self.assemble(groups.values())
 
     def assemble(self, groups: Iterable[tuple[Any, Any, Sequence[bytes]]]) -> bytes:

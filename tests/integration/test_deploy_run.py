@@ -71,7 +71,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
                 target = context / dest / (f.relative_to(origin) if origin.is_dir() else f.name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, target)
-    [run] = build.all("RUN")
+    [run] = [r for r in build.all("RUN") if r.value.lstrip().startswith("pip wheel")]  # (not the apt-get one)
     wheel_cmd = shlex.split(run.value.split("&&")[0])
     assert wheel_cmd[:2] == ["pip", "wheel"], wheel_cmd
     wheels = tmp / "wheels"
