@@ -13,6 +13,11 @@ log() { echo "tests/run.sh: $*" >&2; }
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Location' -e 'Running pip as' >&2 || true
 python3 -c "import gateway, openai, pytest" || { log "installing the package failed"; exit 1; }
+# The compiled span encoder (gateway/_otlp_span.c) is optional for users; where there is a C compiler, as on
+# CI, the build must have made it, or its tests would only be skipped.
+if command -v cc >/dev/null 2>&1 && ! python3 -c "import gateway._otlp_span" 2>/dev/null; then
+  log "a C compiler is here but gateway/_otlp_span.c was not built"; exit 1
+fi
 
 # The Redis store's tests run against a real redis-server (tests/support/redis.py starts its own).
 if ! command -v redis-server >/dev/null 2>&1; then
