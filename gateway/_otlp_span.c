@@ -93,7 +93,7 @@ static int put_field(Buf *b, unsigned char tag, const char *p, Py_ssize_t n) {
     return 0;
 }
 
-/* an int that fits 8 bytes, big-endian (ids), or FALLBACK */
+/* an int as `n` bytes, big-endian (trace and span ids), or FALLBACK */
 static int be_bytes(PyObject *v, unsigned char *out, size_t n) {
     if (!PyLong_CheckExact(v))
         return FALLBACK;
@@ -109,6 +109,14 @@ static int be_bytes(PyObject *v, unsigned char *out, size_t n) {
     return 0;
 }
 
+/* a str's UTF-8 (cached in the str object), or NULL with no exception left set (the caller falls back) */
+static const char *utf8_of(PyObject *text, Py_ssize_t *size) {
+    const char *p = PyUnicode_AsUTF8AndSize(text, size);
+    if (p == NULL)
+        PyErr_Clear();
+    return p;
+}
+
 /* ---- attribute values (AnyValue) */
 
 typedef struct {
@@ -122,12 +130,8 @@ typedef struct {
 static int scalar_of(PyObject *v, Scalar *s) {
     if (PyUnicode_CheckExact(v)) {
         s->type = 1;
-        s->text = PyUnicode_AsUTF8AndSize(v, &s->size);
-        if (s->text == NULL) {
-            PyErr_Clear();
-            return FALLBACK;
-        }
-        return 0;
+        s->text = utf8_of(v, &s->size);
+        return s->text == NULL ? FALLBACK : 0;
     }
     if (PyBool_Check(v)) {
         s->type = 2;
@@ -198,11 +202,9 @@ static int put_attributes(Buf *b, PyObject *attributes) {
         if (!PyUnicode_CheckExact(key))
             return FALLBACK;
         Py_ssize_t klen;
-        const char *k = PyUnicode_AsUTF8AndSize(key, &klen);
-        if (k == NULL) {
-            PyErr_Clear();
+        const char *k = utf8_of(key, &klen);
+        if (k == NULL)
             return FALLBACK;
-        }
         Scalar one;
         Py_ssize_t any_len;
         PyObject *seq = NULL;
@@ -278,9 +280,8 @@ static int put_status(Buf *b, PyObject *status) {
             Py_DECREF(description);
             return FALLBACK;
         }
-        text = PyUnicode_AsUTF8AndSize(description, &size);
+        text = utf8_of(description, &size);
         if (text == NULL) {
-            PyErr_Clear();
             Py_DECREF(description);
             return FALLBACK;
         }
@@ -341,7 +342,7 @@ static int encode(PyObject *span, Buf *b) {
         PyErr_Clear();
         goto done;
     }
-    if (!PyTuple_CheckExact(context) && !PyTuple_Check(context))
+    if (!PyTuple_Check(context))
         goto done;
     if (PyTuple_GET_SIZE(context) < 5 || PyTuple_GET_ITEM(context, 4) != default_state)
         goto done; /* a trace state: the Python encoder writes it */
@@ -379,11 +380,9 @@ static int encode(PyObject *span, Buf *b) {
         }
     }
     Py_ssize_t name_len;
-    const char *name_text = PyUnicode_AsUTF8AndSize(name, &name_len);
-    if (name_text == NULL) {
-        PyErr_Clear();
+    const char *name_text = utf8_of(name, &name_len);
+    if (name_text == NULL)
         goto done;
-    }
 
     if (reserve(b, 2 + 16 + 2 + 8 + 2 + 8) < 0)
         goto error;

@@ -154,8 +154,6 @@ class SpanEncoder:
         self._texts: collections.defaultdict[int, dict[str, dict[Any, bytes]]] = collections.defaultdict(dict)
         self._ints: collections.defaultdict[int, dict[str, dict[int, bytes]]] = collections.defaultdict(dict)
         self._floats: collections.defaultdict[int, dict[str, bytes]] = collections.defaultdict(dict)
-        self._fields: dict[int, tuple[Any, Any, Any, bytes]] = {}
-        """field -> its three caches above and its tag, found with one lookup."""
         self._cached = 0
         self._flags: dict[tuple[int, str, bool], bytes] = {}
         self._heads: dict[tuple[tuple[str, ...], tuple[Any, ...]], bytes] = {}
@@ -204,10 +202,10 @@ class SpanEncoder:
         return block + self._pairs(9, islice(attributes.items(), head, None))
 
     def _pairs(self, field: int, items: Iterable[tuple[str, Any]]) -> bytes:
-        caches = self._fields.get(field)
-        if caches is None:
-            caches = self._fields[field] = (self._texts[field], self._ints[field], self._floats[field], _key(field, 2))
-        texts, ints, floats, tag = caches
+        texts = self._texts[field]
+        ints = self._ints[field]
+        floats = self._floats[field]
+        tag = _key(field, 2)
         out = []
         append = out.append
         for key, value in items:
@@ -261,7 +259,6 @@ class SpanEncoder:
         if self._cached >= self._cache_size:  # token counts, costs...: start over rather than grow
             self._texts.clear()
             self._ints.clear()
-            self._fields.clear()
             self._cached = 0
         values = cache.get(key)
         if values is None:
@@ -285,10 +282,11 @@ class SpanEncoder:
     def span(self, span: ReadableSpan) -> bytes:
         """One Span message, framed as ScopeSpans.spans (field 2): the compiled encoder's bytes when it takes
         the span (the usual case for gateway/spans.py's spans), else the same bytes written here."""
-        if self.native is not None:
-            data = self.native(span)
-            if data is not None:
-                return data
+        data = self.native(span) if self.native is not None else None
+        return data if data is not None else self._span(span)
+
+    def _span(self, span: ReadableSpan) -> bytes:
+        """`span` written in Python."""
         # the SDK's fields, read directly (each public property costs a call); a SpanContext is a tuple
         trace_id, span_id, _, _, state, _ = span._context
         parent = span._parent
@@ -312,8 +310,6 @@ class SpanEncoder:
         if span._events or span._links:
             encoded += self._events_and_links(span)
         status = span._status
-        entry = self._blocks.get(id(status))
-        status_bytes = entry[1] if entry is not None and entry[0] is status else self._status(status)
         body = b"".join(
             (
                 ids,
@@ -321,7 +317,7 @@ class SpanEncoder:
                 _KINDS[id(span._kind)],  # 6: kind (by identity: an enum member hashes in Python)
                 _TIMES.pack(0x39, span._start_time or 0, 0x41, span._end_time or 0),  # 7, 8: start, end
                 encoded,  # 9 (10, 11, 12, 13, 14)
-                status_bytes,  # 15
+                self._status(status),  # 15
                 _FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL,  # 16: flags, is_remote
             )
         )
@@ -331,8 +327,7 @@ class SpanEncoder:
         return _framed(b"\x12", body)
 
     def _status(self, status: Any) -> bytes:
-        """Span.status (15); the same Status object (gateway/spans.py shares the unset one) encodes once
-        (`span` looks it up in `_blocks` itself)."""
+        """Span.status (15); the same Status object (gateway/spans.py shares the unset one) encodes once."""
         if status is None:
             return b""
         if status.description:
@@ -390,7 +385,7 @@ class SpanEncoder:
     def request(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The ExportTraceServiceRequest for `spans`, grouped by resource, then instrumentation scope."""
         groups: dict[tuple[int, int], tuple[Any, Any, list[bytes]]] = {}  # by identity: Resource hashes slowly
-        encode = self.span
+        encode = self._span
         native = self.native
         last_resource = last_scope = None
         encoded: list[bytes] = []
@@ -401,7 +396,7 @@ class SpanEncoder:
                 if group is None:
                     group = groups[(id(resource), id(scope))] = (resource, scope, [])
                 last_resource, last_scope, encoded = resource, scope, group[2]
-            data = native(span) if native is not None else None  # the compiled encoder first, without a call here
+            data = native(span) if native is not None else None  # `span`, inlined: one call less per span
             encoded.append(data if data is not None else encode(span))
         return self.assemble(groups.values())
 
