@@ -13,12 +13,15 @@ the current span instead of the OpenTelemetry context. What the SDK defines stay
 - limits: the provider's SpanLimits (OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, attribute and event counts);
 - export: the span is an `opentelemetry.sdk.trace.ReadableSpan`, handed to the provider's span processors
   (`on_start` when it starts, `on_end` when it ends), so BatchSpanProcessor, SimpleSpanProcessor, the
-  in-memory, console and OTLP exporters all work as with SDK spans.
+  in-memory, console and OTLP exporters all work as with SDK spans. When the only processor is
+  gateway/span_batch.py's SpanBatcher with an exporter that encodes spans as they end, a span ending goes
+  to its `take` instead: encoded there, in C, which also checks the attribute values.
 
 Unsampled spans are the API's NonRecordingSpan, as the SDK makes them.
 """
 
 import logging
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -43,6 +46,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from gateway.span_batch import SpanBatcher
+
 log = logging.getLogger("escalade.spans")
 
 SCOPE = InstrumentationScope("escalade")
@@ -53,6 +58,21 @@ _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _NOT_SAMPLED_RANDOM = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
+
+
+def _compiled() -> Any:
+    """gateway/_otlp_span.c (built by `pip install` when a C compiler is there), or None: not built, or
+    ESCALADE_OTLP_NATIVE=0 (the same results either way; the switch is for comparing)."""
+    if os.environ.get("ESCALADE_OTLP_NATIVE", "1").strip() == "0":
+        return None
+    try:
+        from gateway import _otlp_span  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _otlp_span
+
+
+COMPILED = _compiled()
 
 _current: ContextVar["Span | NonRecordingSpan | None"] = ContextVar("escalade_current_span", default=None)
 
@@ -142,7 +162,7 @@ class Tracing:
 
     __slots__ = ("_seen", "ends", "ids", "local_sampled_child", "max_attributes", "max_event_attributes",
                  "max_events", "max_length", "processor", "provider", "random_ids", "resource", "sampler",
-                 "starts")  # fmt: skip
+                 "starts", "take")  # fmt: skip
 
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
@@ -163,6 +183,7 @@ class Tracing:
         self._seen: object = None
         self.starts: tuple[Any, ...] = ()
         self.ends: tuple[Any, ...] = ()
+        self.take: Any = None
         self.processors()
 
     def processors(self) -> None:
@@ -174,6 +195,9 @@ class Tracing:
         self._seen = current
         self.starts = tuple(p.on_start for p in current if getattr(type(p), "on_start", None) not in _NOOP_STARTS)
         self.ends = tuple(p.on_end for p in current)
+        only = current[0] if len(current) == 1 else None
+        self.take = only.take if type(only) is SpanBatcher and only.encode is not None else None
+        """SpanBatcher.take when spans can be encoded as they end (see Span.end), else None."""
 
     def trace_id(self) -> int:
         return _nonzero_bits(128) if self.random_ids else int(self.ids.generate_trace_id())
@@ -202,7 +226,10 @@ class Tracing:
                 span_context = tuple.__new__(SpanContext, (trace_id, span_id, False, parent_flags, state, True))
                 if self.processor._span_processors is not self._seen:
                     self.processors()
-                return Span(self, name, kind, span_context, parent, attributes, start_time)
+                span = _new_span(self, name, kind, span_context, parent, attributes, start_time)
+                if self.starts:
+                    self._started(span)
+                return span
             if not valid:
                 parent = None
         if parent is None:
@@ -233,7 +260,14 @@ class Tracing:
             return NonRecordingSpan(span_context)
         if self.processor._span_processors is not self._seen:
             self.processors()
-        return Span(self, name, kind, span_context, parent, attributes, start_time)
+        span = _new_span(self, name, kind, span_context, parent, attributes, start_time)
+        if self.starts:
+            self._started(span)
+        return span
+
+    def _started(self, span: "Span") -> None:
+        for on_start in self.starts:
+            on_start(span, parent_context=None)
 
 
 _PLAIN = (str, bool, int, float)
@@ -267,13 +301,10 @@ class Span(ReadableSpan):
     is handed to the span processors as it is when it ends: no copy, and nothing changes it after that.
     """
 
-    # ReadableSpan has no slots. The fields every span writes are slots here; those few spans change (a
-    # status, events) or none does are class attributes: no per-span __dict__ unless a span writes one.
-    __slots__ = ("_attributes", "_context", "_end_time", "_head", "_kind", "_name", "_parent", "_resource",
-                 "_start_time", "_tracing")  # fmt: skip
-    _events: Any = ()
-    _links: Any = ()
-    _status = _UNSET
+    # ReadableSpan has no slots. The fields every span has are slots here (gateway/_otlp_span.c reads them
+    # from there); the scope, the same for all, is a class attribute: no per-span __dict__.
+    __slots__ = ("_attributes", "_context", "_end_time", "_events", "_head", "_kind", "_links", "_name", "_parent",
+                 "_resource", "_start_time", "_status", "_tracing")  # fmt: skip
     _instrumentation_scope = SCOPE
     _instrumentation_info = None
 
@@ -298,8 +329,9 @@ class Span(ReadableSpan):
         self._resource = tracing.resource
         self._start_time = start_time or _time_ns()
         self._end_time: int | None = None
-        for on_start in tracing.starts:
-            on_start(self, parent_context=None)
+        self._events: Any = ()
+        self._links: Any = ()
+        self._status = _UNSET
 
     def is_recording(self) -> bool:
         return self._end_time is None
@@ -341,16 +373,40 @@ class Span(ReadableSpan):
             self._name = name
 
     def end(self, end_time: int | None = None) -> None:
-        """Apply the span limits and hand the span to the processors; it changes no more after this."""
+        """Stamp the end; hand the span to the batcher's `take` (encoded now) when that is the way it goes, else
+        to `_finish`. It changes no more after this. (With the compiled module this is its C twin.)"""
         if self._end_time is not None:
             return
         self._end_time = end_time or _time_ns()
+        tracing = self._tracing
+        if (
+            tracing.take is not None
+            and tracing.max_length is None
+            and len(self._attributes) <= tracing.max_attributes
+            and tracing.take(self)
+        ):
+            return  # encoded and queued; the encoder took only plain values (else it said no, and on we go)
+        self._finish()
+
+    def _finish(self) -> None:
+        """The rest of `end`: apply the span limits and hand the span to the processors."""
         tracing = self._tracing
         attributes = self._attributes
         if tracing.max_length is not None or len(attributes) > tracing.max_attributes or not _plain(attributes):
             self._attributes = BoundedAttributes(tracing.max_attributes, attributes, True, tracing.max_length)
         for on_end in tracing.ends:
             on_end(self)
+
+
+PYTHON_END = Span.end
+PYTHON_TAKE = SpanBatcher.take
+_new_span: Any = Span
+"""Span(tracing, ...), or its C twin (the same fields, set without a Python __init__)."""
+if COMPILED is not None:  # the C twins of Span(...), Span.end and SpanBatcher.take
+    COMPILED.configure_spans(Span, _UNSET, Tracing, SpanBatcher, _time_ns)
+    _new_span = COMPILED.new_span
+    Span.end = COMPILED.end_method
+    SpanBatcher.take = COMPILED.take_method
 
 
 def traceparent(context: SpanContext, headers: dict[str, str]) -> None:
