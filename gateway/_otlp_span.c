@@ -6,7 +6,10 @@
    whose attributes are not a plain dict, a trace state, events or links, an attribute value that is not a
    str, bool, int (64-bit), float, or a tuple/list of those, a name or key that is not a str.
 
-   Wire format: opentelemetry-proto trace.proto (Span) and common.proto (KeyValue, AnyValue, ArrayValue). */
+   Wire format: opentelemetry-proto trace.proto (Span) and common.proto (KeyValue, AnyValue, ArrayValue).
+
+   Further down, the C twins of the three steps around it on the request's thread (making a span, ending it,
+   queueing its bytes for export): see "a span's end, in C". gateway/spans.py installs them. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
