@@ -575,15 +575,16 @@ static PyObject *time_ns;          /* time.time_ns */
 static PyObject *take_function;    /* the `take` below, as SpanBatcher.take binds it */
 static PyObject *encode_function;  /* encode_span, called directly when it is the batcher's encoder */
 static PyObject *empty_args;
-static PyObject *s_head, *s_plain_resource, *s_tracing, *s_resource, *s_scope, *s_finish, *s_max_length, *s_max_attributes, *s_take,
-    *s_stopped, *s_encode, *s_queue, *s_max_queue_size, *s_home, *s_batch_size, *s_drop, *s_other_group, *s_wake,
-    *s_append, *s_set;
+static PyObject *s_head, *s_plain_resource, *s_tracing, *s_resource, *s_scope, *s_finish, *s_max_length,
+    *s_max_attributes, *s_take, *s_stopped, *s_encode, *s_queue, *s_max_queue_size, *s_home, *s_batch_size, *s_drop,
+    *s_other_group, *s_wake, *s_append, *s_set, *s_starts, *s_started;
 
 enum { S_TRACING, S_RESOURCE, S_HEAD, N_SPAN_MORE };
 static PyObject **span_more_names[N_SPAN_MORE] = {&s_tracing, &s_resource, &s_head};
 static Py_ssize_t span_more[N_SPAN_MORE];
-enum { T_MAX_LENGTH, T_MAX_ATTRIBUTES, T_TAKE, T_RESOURCE, N_TRACING };
-static PyObject **tracing_names[N_TRACING] = {&s_max_length, &s_max_attributes, &s_take, &s_plain_resource};
+enum { T_MAX_LENGTH, T_MAX_ATTRIBUTES, T_TAKE, T_RESOURCE, T_STARTS, N_TRACING };
+static PyObject **tracing_names[N_TRACING] = {&s_max_length, &s_max_attributes, &s_take, &s_plain_resource,
+                                              &s_starts};
 static Py_ssize_t tracing_slots[N_TRACING];
 enum { B_STOPPED, B_ENCODE, B_QUEUE, B_MAX, B_HOME, B_BATCH, N_BATCHER };
 static PyObject **batcher_names[N_BATCHER] = {&s_stopped, &s_encode, &s_queue, &s_max_queue_size, &s_home,
@@ -614,14 +615,24 @@ static int all_set(PyObject *obj, Py_ssize_t *offsets, int n) {
     return 1;
 }
 
-/* SpanBatcher.take: 1 taken (queued, or dropped as on_end drops), 0 not encodable here, -1 an error */
+/* `span` is a span_type (exactly: a subclass may do things its own way) with its fields set; else 0 with an
+   exception set */
+static int span_fields_set(PyObject *span) {
+    if (span_type == NULL || Py_TYPE(span) != span_type) {
+        PyErr_SetString(PyExc_TypeError, "a gateway.spans.Span");
+        return 0;
+    }
+    return all_set(span, slot_offsets, N_FIELDS) && all_set(span, span_more, N_SPAN_MORE);
+}
+
+/* SpanBatcher.take: 1 taken (queued, or dropped as on_end drops), 0 not encodable here, -1 an error. The
+   caller has checked that `span` is a span_type with its fields set (take() and end() below) */
 static int take_span(PyObject *batcher, PyObject *span) {
-    if (Py_TYPE(batcher) != batcher_type || Py_TYPE(span) != span_type) {
-        PyErr_SetString(PyExc_TypeError, "take(span): a SpanBatcher and a gateway.spans.Span");
+    if (batcher_type == NULL || !PyObject_TypeCheck(batcher, batcher_type)) {
+        PyErr_SetString(PyExc_TypeError, "take(span): a SpanBatcher");
         return -1;
     }
-    if (!all_set(batcher, batcher_slots, N_BATCHER) || !all_set(span, slot_offsets, N_FIELDS) ||
-        !all_set(span, span_more, N_SPAN_MORE))
+    if (!all_set(batcher, batcher_slots, N_BATCHER))
         return -1;
     int stopped = PyObject_IsTrue(SLOT(batcher, batcher_slots[B_STOPPED]));
     if (stopped)
@@ -691,6 +702,8 @@ static PyObject *take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "take(batcher, span)");
         return NULL;
     }
+    if (!span_fields_set(args[1]))
+        return NULL;
     int r = take_span(args[0], args[1]);
     return r < 0 ? NULL : Py_NewRef(r ? Py_True : Py_False);
 }
@@ -707,11 +720,7 @@ static PyObject *end(PyObject *module, PyObject *const *args, Py_ssize_t nargs, 
         return NULL;
     }
     PyObject *span = args[0];
-    if (Py_TYPE(span) != span_type) {
-        PyErr_SetString(PyExc_TypeError, "end(span): a gateway.spans.Span");
-        return NULL;
-    }
-    if (!all_set(span, slot_offsets, N_FIELDS) || !all_set(span, span_more, N_SPAN_MORE))
+    if (!span_fields_set(span))
         return NULL;
     if (SLOT(span, slot_offsets[F_END]) != Py_None)
         Py_RETURN_NONE;
@@ -751,7 +760,7 @@ static PyObject *end(PyObject *module, PyObject *const *args, Py_ssize_t nargs, 
     return PyObject_CallMethodNoArgs(span, s_finish);
 }
 
-/* Span(tracing, name, kind, context, parent, attributes, start_time): Span.__init__'s fields, set in C */
+/* Span(tracing, name, kind, context, parent, attributes, start_time): Span.__init__'s steps, in C */
 static PyObject *new_span(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
     if (nargs != 7) {
@@ -793,6 +802,13 @@ static PyObject *new_span(PyObject *module, PyObject *const *args, Py_ssize_t na
     SET(slot_offsets[F_LINKS], Py_NewRef(empty_args));
     SET(slot_offsets[F_STATUS], Py_NewRef(unset_status));
 #undef SET
+    int starts = PyObject_IsTrue(SLOT(tracing, tracing_slots[T_STARTS])); /* processors with an on_start */
+    PyObject *done = starts > 0 ? PyObject_CallMethodOneArg(tracing, s_started, span) : NULL;
+    if (starts < 0 || (starts > 0 && done == NULL)) {
+        Py_DECREF(span);
+        return NULL;
+    }
+    Py_XDECREF(done);
     return span;
 }
 
@@ -858,8 +874,6 @@ PyMODINIT_FUNC PyInit__otlp_span(void) {
     INTERN(s_tracing, "_tracing");
     INTERN(s_head, "_head");
     INTERN(s_plain_resource, "resource");
-    if (!(empty_args = PyTuple_New(0)))
-        return NULL;
     INTERN(s_resource, "_resource");
     INTERN(s_scope, "_instrumentation_scope");
     INTERN(s_finish, "_finish");
@@ -877,6 +891,10 @@ PyMODINIT_FUNC PyInit__otlp_span(void) {
     INTERN(s_wake, "_wake");
     INTERN(s_append, "append");
     INTERN(s_set, "set");
+    INTERN(s_starts, "starts");
+    INTERN(s_started, "_started");
+    if (!(empty_args = PyTuple_New(0)))
+        return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
         return NULL;

@@ -136,6 +136,18 @@ def _repeated(parts: list[bytes], field: int, messages: Iterable[bytes], dropped
         parts.append(_key(dropped_field, 0) + _varint(dropped))
 
 
+_Groups = dict[tuple[int, int], tuple[Any, Any, list[bytes]]]
+"""(id(resource), id(scope)) -> (resource, scope, Span messages): by identity, as a Resource hashes slowly."""
+
+
+def _group(groups: _Groups, resource: Any, scope: Any) -> list[bytes]:
+    """The Span messages of `resource` and `scope` in `groups` (a new group when there is none yet)."""
+    group = groups.get((id(resource), id(scope)))
+    if group is None:
+        group = groups[(id(resource), id(scope))] = (resource, scope, [])
+    return group[2]
+
+
 class SpanEncoder:
     """ReadableSpans -> ExportTraceServiceRequest bytes. Not thread-safe: one per exporter (the batch
     processor exports from one thread).
@@ -381,7 +393,7 @@ class SpanEncoder:
 
     def request(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The ExportTraceServiceRequest for `spans`, grouped by resource, then instrumentation scope."""
-        groups: dict[tuple[int, int], tuple[Any, Any, list[bytes]]] = {}  # by identity: Resource hashes slowly
+        groups: _Groups = {}
         encode = self._span
         native = self.native
         last_resource = last_scope = None
@@ -389,10 +401,7 @@ class SpanEncoder:
         for span in spans:
             resource, scope = span._resource, span._instrumentation_scope
             if resource is not last_resource or scope is not last_scope or not groups:
-                group = groups.get((id(resource), id(scope)))
-                if group is None:
-                    group = groups[(id(resource), id(scope))] = (resource, scope, [])
-                last_resource, last_scope, encoded = resource, scope, group[2]
+                last_resource, last_scope, encoded = resource, scope, _group(groups, resource, scope)
             data = native(span) if native is not None else None  # `span`, inlined: one call less per span
             encoded.append(data if data is not None else encode(span))
         return self.assemble(groups.values())
@@ -404,7 +413,7 @@ class SpanEncoder:
         encoded = [item for item in items if type(item) is bytes]
         if home is not None and len(encoded) == len(items):  # the usual batch: all of one provider's spans
             return self.assemble(((home[0], home[1], encoded),))
-        groups: dict[tuple[int, int], tuple[Any, Any, list[bytes]]] = {}
+        groups: _Groups = {}
         for item in items:
             if type(item) is bytes:
                 resource, scope = home  # type: ignore[misc]  # bytes are queued only once there is a home
@@ -413,10 +422,7 @@ class SpanEncoder:
                 resource, scope, data = item
             else:
                 resource, scope, data = item._resource, item._instrumentation_scope, self.span(item)
-            group = groups.get((id(resource), id(scope)))
-            if group is None:
-                group = groups[(id(resource), id(scope))] = (resource, scope, [])
-            group[2].append(data)
+            _group(groups, resource, scope).append(data)
         return self.assemble(groups.values())
 
     def assemble(self, groups: Iterable[tuple[Any, Any, Sequence[bytes]]]) -> bytes:
@@ -454,12 +460,15 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._encoder = SpanEncoder()
-        self.encode_ended = self._encoder.native if hasattr(getattr(self, "_client", None), "export") else None
+        self.encode_ended = self._encoder.native if self._known_transport() else None
         """`(span) -> bytes | None` for SpanBatcher, or None (no compiled encoder, or an unknown transport)."""
 
+    def _known_transport(self) -> bool:
+        """The SDK exporter's HTTP client takes encoded bytes (`_client.export`), as this was written against."""
+        return hasattr(getattr(self, "_client", None), "export")
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        client = getattr(self, "_client", None)
-        if getattr(self, "_shutdown", False) or client is None or not hasattr(client, "export"):
+        if getattr(self, "_shutdown", False) or not self._known_transport():
             return super().export(spans)
         try:
             data = self._encoder.request(spans)

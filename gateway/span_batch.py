@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -188,7 +188,7 @@ class SpanBatcher(SpanProcessor):
                     batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
                     try:
                         if self.encode is not None:
-                            self.exporter.export_ended(batch, self._home)  # type: ignore[attr-defined]
+                            cast(EncodingExporter, self.exporter).export_ended(batch, self._home)
                         else:
                             self.exporter.export(batch)
                     except Exception:

@@ -226,10 +226,7 @@ class Tracing:
                 span_context = tuple.__new__(SpanContext, (trace_id, span_id, False, parent_flags, state, True))
                 if self.processor._span_processors is not self._seen:
                     self.processors()
-                span = _new_span(self, name, kind, span_context, parent, attributes, start_time)
-                if self.starts:
-                    self._started(span)
-                return span
+                return _new_span(self, name, kind, span_context, parent, attributes, start_time)
             if not valid:
                 parent = None
         if parent is None:
@@ -260,12 +257,10 @@ class Tracing:
             return NonRecordingSpan(span_context)
         if self.processor._span_processors is not self._seen:
             self.processors()
-        span = _new_span(self, name, kind, span_context, parent, attributes, start_time)
-        if self.starts:
-            self._started(span)
-        return span
+        return _new_span(self, name, kind, span_context, parent, attributes, start_time)
 
     def _started(self, span: "Span") -> None:
+        """The processors' `on_start` for a span just made (Span.__init__ or its C twin calls this)."""
         for on_start in self.starts:
             on_start(span, parent_context=None)
 
@@ -332,6 +327,8 @@ class Span(ReadableSpan):
         self._events: Any = ()
         self._links: Any = ()
         self._status = _UNSET
+        if tracing.starts:
+            tracing._started(self)
 
     def is_recording(self) -> bool:
         return self._end_time is None

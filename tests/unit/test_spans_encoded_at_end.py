@@ -188,3 +188,24 @@ def test_end_stamps_once_and_keeps_a_given_time(implementation):
             spans.COMPILED.take(batcher, ReadableSpan("not ours"))
         with pytest.raises(TypeError):
             spans.COMPILED.end(ReadableSpan("not ours"))
+
+
+def test_processors_with_an_on_start_see_each_span_start_once():
+    class Watch(SimpleSpanProcessor):
+        def __init__(self) -> None:
+            super().__init__(InMemorySpanExporter())
+            self.started: list[tuple[str, bool]] = []
+
+        def on_start(self, span, parent_context=None) -> None:
+            self.started.append((span.name, span.end_time is None))
+
+    watch = Watch()
+    provider = TracerProvider()
+    provider.add_span_processor(watch)
+    tracing = spans.Tracing(provider)
+    root = tracing.start("root", SpanKind.SERVER, {}, None)
+    child = tracing.start("child", SpanKind.INTERNAL, {}, root._context)  # the child fast path
+    child.end()
+    root.end()
+    assert watch.started == [("root", True), ("child", True)]
+    assert [s.name for s in watch.span_exporter.get_finished_spans()] == ["child", "root"]
